@@ -1,0 +1,51 @@
+"""The ``theworld`` command line: ``theworld demo | train | eval | generate | inspect | export | push``.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``. Modules
+are imported only when their subcommand runs, so ``theworld --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("theworld.demo", "Offline demo: tiny bases, synthetic data, train TheWorld and a baseline, evaluate."),
+    "train": ("theworld.training", "Train TheWorld from a yaml/json config (works under `accelerate launch`)."),
+    "eval": ("theworld.evaluation", "Evaluate a checkpoint on VSR-style data (generation or logit scoring)."),
+    "generate": ("theworld.generate_cmd", "Generate an answer for an image and a prompt."),
+    "inspect": ("theworld.inspect_cmd", "Describe a checkpoint folder or hub repo."),
+    "export": ("theworld.export_cmd", "Re-save a checkpoint (partial or full)."),
+    "push": ("theworld.hub", "Upload a checkpoint folder to the hub."),
+    "tiny": ("theworld.tiny", "Build tiny seeded base models in hub layout."),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="theworld", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+    return parser, parsers
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, parsers = build_parser()
+    # Parse the subcommand name first, then let its module add its own arguments.
+    known, _ = parser.parse_known_args(argv)
+    module = importlib.import_module(SUBCOMMANDS[known.command][0])
+    module.add_arguments(parsers[known.command])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

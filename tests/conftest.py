@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny seeded base models in hub layout, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory):
+    """``TinyBases(gemma, cosmos)``: tiny Gemma 3 and Cosmos-Predict2 folders (seed 0)."""
+    from theworld.tiny import build_tiny_bases
+
+    return build_tiny_bases(str(tmp_path_factory.mktemp("bases")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def world_model_factory(tiny_bases):
+    """Build a fresh TheWorld around the tiny bases: ``factory(seed=0, **overrides)``."""
+    from theworld import TheWorld
+
+    def build(seed: int = 0, **overrides):
+        overrides.setdefault("cosmos_model_name", tiny_bases.cosmos)
+        overrides.setdefault("world_image_size", 64)
+        torch.manual_seed(seed)
+        return TheWorld.from_pretrained(tiny_bases.gemma, **overrides)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def world_model(world_model_factory):
+    """A shared TheWorld (spatial mlp, 64 px world image). Do not mutate it in tests."""
+    return world_model_factory()
+
+
+@pytest.fixture(scope="session")
+def sample_images():
+    """Two distinct RGB PIL images of different sizes."""
+    from PIL import Image, ImageDraw
+
+    a = Image.new("RGB", (80, 64), (255, 255, 255))
+    ImageDraw.Draw(a).ellipse((5, 20, 30, 45), fill=(220, 30, 30))
+    b = Image.new("RGB", (64, 72), (255, 255, 255))
+    ImageDraw.Draw(b).rectangle((35, 10, 60, 35), fill=(30, 30, 220))
+    return [a, b]
+
+
+def conversations(images, texts):
+    """One single-turn user conversation per (image, text)."""
+    return [
+        [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": t}]}]
+        for im, t in zip(images, texts)
+    ]
+
+
+@pytest.fixture(scope="session")
+def batch_inputs(world_model, sample_images):
+    """Left-padded processor output for two prompts of different lengths."""
+    convs = conversations(sample_images, ["Is the red circle left of the blue square?", "Describe."])
+    return world_model.processor.apply_chat_template(
+        convs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
+    )
