@@ -180,7 +180,8 @@ class TheWorldConfig(Gemma3Config):
         if not isinstance(self.num_world_steps, int) or not 0 <= self.num_world_steps <= self.max_world_steps:
             raise ValueError(
                 f"num_world_steps must be an int in [0, max_world_steps={self.max_world_steps}], "
-                f"got {self.num_world_steps!r}."
+                f"got {self.num_world_steps!r}. Lower num_world_steps (future latent frames to predict) or raise "
+                "max_world_steps."
             )
         if not isinstance(self.world_pooling, int) or self.world_pooling < 1:
             raise ValueError(f"world_pooling must be an int >= 1, got {self.world_pooling!r}.")
@@ -243,12 +244,17 @@ class TheWorldConfig(Gemma3Config):
         return self.enable_world and (self.num_world_steps > 0 or self.load_full_cosmos_pipeline)
 
     def trainable_prefixes(self) -> list[str]:
-        """State-dict prefixes that training may change, derived from the freeze flags."""
+        """State-dict prefixes that training may change, derived from the freeze flags; what a partial checkpoint saves.
+
+        With ``num_world_steps > 0`` it also lists the buffer ``world_rollout.prompt_embeds``: not trained, but the
+        fixed rollout prompt embedding computed once at the fresh build, which partial checkpoints carry so that loading
+        never needs the Cosmos text encoder (a buffer, so freeze flags and parameter counts are unaffected).
+        """
         prefixes = []
         if self.enable_world:
             prefixes += ["world_projector.", "world_boundary_embeddings."]
             if self.num_world_steps > 0:
-                prefixes.append("world_step_embeddings.")
+                prefixes += ["world_step_embeddings.", "world_rollout.prompt_embeds"]
             if not self.freeze_cosmos_vae:
                 prefixes += ["cosmos_vae.encoder.", "cosmos_vae.quant_conv."]
         if not self.freeze_gemma_vision:

@@ -18,6 +18,7 @@ Data flow (shapes for one batch of ``B`` prompts, ``B_w`` of which carry an imag
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ from transformers.utils.hub import cached_file
 
 from .configuration_theworld import TheWorldConfig
 from .processing_theworld import TheWorldProcessor
+from .rollout_theworld import TheWorldRollout, check_transformer_config, encode_fixed_prompt, strip_private
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+#: Set by the loaders around ``cls(config)`` to build TheWorld around an already loaded Gemma 3 (see `_skeleton_around`).
+_PREBUILT_GEMMA: contextvars.ContextVar = contextvars.ContextVar("theworld_prebuilt_gemma", default=None)
 
 
 def _import_diffusers():
@@ -227,44 +233,77 @@ def read_safetensors(path: str, keep: Iterable[str] | None = None, prefix_filter
     return out
 
 
-def fingerprint_safetensors(path: str, keys: Iterable[str] | None = None, samples: int = 64, block: int = 4096) -> str:
-    """Cheap, content-sensitive fingerprint of (a subset of) a safetensors file.
+def fingerprint_safetensors(
+    path: str, keys: Iterable[str] | None = None, samples: int = 4, block: int = 256, whole_below: int = 65536
+) -> str:
+    """Cheap, content-sensitive fingerprint of (a subset of) a safetensors file, without reading all of it.
 
-    sha256 over the tensor names, dtypes and shapes plus ``samples`` evenly spaced ``block``-byte slices of the
-    selected tensors' data. It reads at most ``samples * block`` bytes, so it costs nothing next to loading.
+    sha256 over every selected tensor's name, dtype and shape plus its bytes: all of them for tensors of at most
+    ``whole_below`` bytes, else ``samples`` evenly spaced ``block``-byte slices (the first and last included). Any
+    change to the tensor set, a shape or a dtype, and any change that touches a whole tensor (fine-tuning,
+    re-quantisation, another model, one re-scaled tensor) changes it; an edit of a few elements in the middle of a
+    large tensor may not. It reads about ``samples * block`` bytes per large tensor, nothing next to loading.
     """
     header, offset = read_safetensors_header(path)
-    names = sorted(k for k in header if k != "__metadata__" and (keys is None or k in set(keys)))
+    wanted = set(keys) if keys is not None else None
+    names = sorted(k for k in header if k != "__metadata__" and (wanted is None or k in wanted))
     digest = hashlib.sha256()
-    ranges = []
-    for name in names:
-        info = header[name]
-        digest.update(f"{name}|{info['dtype']}|{info['shape']}\n".encode())
-        ranges.append((offset + info["data_offsets"][0], offset + info["data_offsets"][1]))
-    total = sum(b - a for a, b in ranges)
-    if total:
-        with open(path, "rb") as f:
-            for i in range(samples):
-                pos = (total * i) // samples
-                for a, b in ranges:
-                    if pos < b - a:
-                        f.seek(a + pos)
-                        digest.update(f.read(min(block, b - a - pos)))
-                        break
-                    pos -= b - a
-    return "sha256s:" + digest.hexdigest()
+    with open(path, "rb") as f:
+        for name in names:
+            info = header[name]
+            start = offset + info["data_offsets"][0]
+
+            def read(pos: int, n: int, start: int = start) -> bytes:
+                f.seek(start + pos)
+                return f.read(n)
+
+            size = info["data_offsets"][1] - info["data_offsets"][0]
+            _fingerprint_tensor(digest, name, info["dtype"], info["shape"], size, read, samples, block, whole_below)
+    return "sha256t:" + digest.hexdigest()
+
+
+def fingerprint_tensors(
+    state: dict[str, torch.Tensor], samples: int = 4, block: int = 256, whole_below: int = 65536
+) -> str:
+    """`fingerprint_safetensors` of tensors already in memory (read from a file): the same value, no further reads."""
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        raw = memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+        def read(pos: int, n: int, raw: memoryview = raw) -> bytes:
+            return bytes(raw[pos : pos + n])
+
+        dtype = names[tensor.dtype]
+        _fingerprint_tensor(digest, name, dtype, list(tensor.shape), len(raw), read, samples, block, whole_below)
+    return "sha256t:" + digest.hexdigest()
+
+
+def _fingerprint_tensor(digest, name: str, dtype: str, shape: list, size: int, read, samples, block, whole_below):
+    digest.update(f"{name}|{dtype}|{shape}\n".encode())
+    if size <= whole_below:
+        digest.update(read(0, size))
+        return
+    for i in range(samples):
+        digest.update(read((size - block) * i // max(samples - 1, 1), block))
 
 
 def resolve_file(source: str, filename: str, subfolder: str = "", **hub_kwargs) -> str | None:
     """Resolve ``filename`` in a local folder or hub repo (through the hub cache); ``None`` if it does not exist."""
-    return cached_file(
-        source,
-        filename,
-        subfolder=subfolder,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-        **hub_kwargs,
-    )
+    try:
+        return cached_file(
+            source,
+            filename,
+            subfolder=subfolder,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+    except OSError as err:
+        if isinstance(err.__cause__, ValueError) and not os.path.isdir(source):
+            return None  # neither an existing folder nor a valid repo id (e.g. a mistyped local path)
+        raise
 
 
 def commit_of(resolved_path: str | None) -> str | None:
@@ -354,8 +393,12 @@ class TheWorld(Gemma3ForConditionalGeneration):
 
     def __init__(self, config: TheWorldConfig):
         Gemma3PreTrainedModel.__init__(self, config)
-        self.model = Gemma3Model(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        prebuilt = _PREBUILT_GEMMA.get()
+        if prebuilt is not None:  # a loader hands in the Gemma 3 it loaded: no throwaway Gemma skeleton is built
+            self.model, self.lm_head = prebuilt.model, prebuilt.lm_head
+        else:
+            self.model = Gemma3Model(config)
+            self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         d_model = config.text_config.hidden_size
         if config.enable_world:
             self.cosmos_vae = build_wan_encoder(config.vae_config)
@@ -369,8 +412,13 @@ class TheWorld(Gemma3ForConditionalGeneration):
         self.post_init()
 
     def _build_rollout(self, config: TheWorldConfig) -> nn.Module | None:
-        """The Cosmos DiT rollout module (see the rollout issue); ``None`` until it is configured."""
-        return None
+        """The frozen Cosmos DiT rollout module (`TheWorldRollout`, see ``rollout_theworld.py``), built from
+        ``config.transformer_config``/``scheduler_config``. ``None`` at a fresh build, where those configs are not known
+        yet: ``_load_rollout`` then reads them from the Cosmos source and builds it."""
+        if config.transformer_config is None:
+            return None
+        check_transformer_config(config.transformer_config, config.latent_channels, config.cosmos_model_name)
+        return TheWorldRollout(config.transformer_config, config.scheduler_config or {}, _import_diffusers())
 
     # ------------------------------------------------------------------ init
     def _init_weights(self, module: nn.Module) -> None:
@@ -469,9 +517,42 @@ class TheWorld(Gemma3ForConditionalGeneration):
             latents = self.rollout_latents(latents)
         return latents
 
-    def rollout_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Append ``num_world_steps`` predicted frames to ``latents`` ``(B, z, 1, h, w)``."""
-        raise NotImplementedError("World rollout (num_world_steps > 0) is not available in this version.")
+    def rollout_latents(self, latents: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        """Append predicted future frames to normalised latents.
+
+        The Cosmos DiT (frozen, run under ``torch.no_grad()``) predicts ``num_steps`` (default
+        ``config.num_world_steps``) latent frames after the last frame of ``latents``, autoregressively, with
+        ``config.rollout_num_inference_steps`` denoising steps each and noise seeded by ``config.rollout_seed``.
+        Gradients still flow into the given frames.
+
+        Args:
+            latents: ``(B, z, T, h, w)`` normalised latents (``T = 1``: the current frame).
+            num_steps: frames to predict; ``None`` uses ``config.num_world_steps``.
+
+        Returns:
+            ``(B, z, T + num_steps, h, w)``, same dtype and device as ``latents``.
+        """
+        cfg = self.config
+        k = cfg.num_world_steps if num_steps is None else int(num_steps)
+        if k < 0:
+            raise ValueError(f"num_steps must be >= 0, got {k}.")
+        if k == 0:
+            return latents
+        rollout = getattr(self, "world_rollout", None)
+        if rollout is None:
+            raise ValueError(
+                "This model has no Cosmos DiT (world_rollout): rollout needs num_world_steps > 0 or "
+                "load_full_cosmos_pipeline=True when the model is built or loaded."
+            )
+        if latents.ndim != 5:
+            raise ValueError(f"latents must have shape (B, z, T, h, w), got {tuple(latents.shape)}.")
+        predicted = rollout(
+            latents[:, :, -1:].detach().float(),
+            num_steps=k,
+            num_inference_steps=cfg.rollout_num_inference_steps,
+            seed=cfg.rollout_seed,
+        )
+        return torch.cat([latents, predicted.to(device=latents.device, dtype=latents.dtype)], dim=2)
 
     def world_features(self, latents: torch.Tensor) -> torch.Tensor:
         """Project normalised latents ``(B, z, T, h, w)`` to world embeddings ``(B, N, d_model)`` (fp32)."""
@@ -509,12 +590,18 @@ class TheWorld(Gemma3ForConditionalGeneration):
         """
         cfg = self.config
         embed = self.get_input_embeddings()
-        llm_ids = input_ids
-        special = [cfg.image_token_id] if cfg.image_token_id >= cfg.text_config.vocab_size else []
+        # Ids whose rows are replaced below (an out-of-vocabulary image token, the world ids) are looked up as 0. One
+        # scan finds the world ids; without them and without world inputs (text-only prompts, and every decode step
+        # of generate) the world checks and the scatter are skipped, so decoding costs what Gemma 3's does.
+        special = (input_ids == cfg.image_token_id) if cfg.image_token_id >= cfg.text_config.vocab_size else None
+        has_world_ids = False
         if cfg.enable_world:
-            special += [cfg.world_token_id, cfg.start_of_world_token_id, cfg.end_of_world_token_id]
-        if special:
-            llm_ids = input_ids.masked_fill(torch.isin(input_ids, torch.tensor(special, device=input_ids.device)), 0)
+            world_ids = (cfg.world_token_id, cfg.start_of_world_token_id, cfg.end_of_world_token_id)
+            world_mask = torch.isin(input_ids, torch.tensor(world_ids, device=input_ids.device))
+            has_world_ids = bool(world_mask.any())
+            if has_world_ids:
+                special = world_mask if special is None else special | world_mask
+        llm_ids = input_ids if special is None else input_ids.masked_fill(special, 0)
         inputs_embeds = embed(llm_ids)
         if pixel_values is not None:
             image_features = self.model.get_image_features(pixel_values, return_dict=True).pooler_output
@@ -524,6 +611,8 @@ class TheWorld(Gemma3ForConditionalGeneration):
         if not cfg.enable_world:
             return inputs_embeds
         given = [x for x in (world_pixel_values, world_latents, world_embeds_override) if x is not None]
+        if not given and not has_world_ids:
+            return inputs_embeds
         rows = check_world_layout(input_ids, cfg, given[0].shape[0] if given else None)
         if rows == 0:
             return inputs_embeds
@@ -531,6 +620,12 @@ class TheWorld(Gemma3ForConditionalGeneration):
             world_embeds = world_embeds_override
         else:
             latents = world_latents if world_latents is not None else self.encode_world(world_pixel_values)
+            if latents.ndim == 5 and latents.shape[2] != cfg.num_world_frames:
+                raise ValueError(
+                    f"world_latents hold {latents.shape[2]} frame(s) but this model (num_world_steps="
+                    f"{cfg.num_world_steps}) needs {cfg.num_world_frames}: the current frame plus the predicted ones. "
+                    "Recompute cached latents with the model's num_world_steps (latent caches are keyed by it)."
+                )
             world_embeds = self.world_features(latents)
         boundary = self.world_boundary_embeddings.weight
         return scatter_world_embeddings(
@@ -764,8 +859,9 @@ ARCHITECTURE_FIELDS = (
     "max_world_steps",
 )
 FREEZE_FIELDS = ("freeze_gemma_vision", "freeze_gemma_language", "freeze_cosmos_vae")
-BUILD_FIELDS = ARCHITECTURE_FIELDS + FREEZE_FIELDS + (
-    "cosmos_model_name",
+#: Base sources: a checkpoint may be pointed at another copy of its bases (the fingerprints are still checked).
+SOURCE_FIELDS = ("gemma_model_name", "gemma_revision", "cosmos_model_name", "cosmos_revision")
+BUILD_FIELDS = ARCHITECTURE_FIELDS + FREEZE_FIELDS + SOURCE_FIELDS + (
     "load_full_cosmos_pipeline",
     "random_projection_init",
     "rollout_num_inference_steps",
@@ -825,6 +921,7 @@ def load_theworld(
     if kwargs:
         raise TypeError(f"TheWorld.from_pretrained got unexpected keyword argument(s) {sorted(kwargs)}.")
 
+    recover_interrupted_save(os.path.join(source, subfolder))  # a local folder whose save was killed midway
     config_path = resolve_file(source, "config.json", subfolder, **hub_kwargs)
     if config_path is None:
         where = f"{source}/{subfolder}" if subfolder else source
@@ -842,6 +939,10 @@ def load_theworld(
     if model_type in ("theworld", "the_world"):
         if config is None or model_type == "the_world":
             config = config_from_dict(raw) if model_type == "the_world" else TheWorldConfig.from_dict(raw)
+        if model_type == "the_world" and "world_image_size" not in raw and "world_image_size" in overrides:
+            # The earlier code never recorded its world image size (it squashed every image to 512 px), so it may be
+            # chosen at load time; the projector's shapes are still checked strictly.
+            config.world_image_size = overrides.pop("world_image_size")
         return _load_checkpoint(
             cls, source, config, subfolder, overrides, ignore_fingerprint_mismatch, legacy=model_type == "the_world",
             **loader_kwargs,
@@ -856,8 +957,19 @@ def config_from_dict(raw: dict) -> TheWorldConfig:
     """Convert the earlier research code's config (``model_type: "the_world"``) to a `TheWorldConfig`."""
     keep = {f for f in TheWorldConfig.__dataclass_fields__}
     data = {k: v for k, v in raw.items() if k in keep or k in ("text_config", "vision_config")}
-    data.pop("architectures", None)
+    for key in ("architectures", "model_type", "auto_map"):  # converted: it becomes a current "theworld" config
+        data.pop(key, None)
     data.setdefault("checkpoint_kind", "partial")
+    # The earlier code loaded the whole Cosmos pipeline but never rolled out: its checkpoints reproduce with no rollout.
+    if data.get("num_world_steps") or data.get("load_full_cosmos_pipeline"):
+        logger.info(
+            "Earlier checkpoint: num_world_steps=%s / load_full_cosmos_pipeline=%s never influenced its outputs; "
+            "loading it without rollout.",
+            data.get("num_world_steps"),
+            data.get("load_full_cosmos_pipeline"),
+        )
+    data["num_world_steps"] = 0
+    data["load_full_cosmos_pipeline"] = False
     return TheWorldConfig(**data)
 
 
@@ -867,11 +979,23 @@ def _gemma_from_pretrained(source: str, subfolder: str, dtype, device_map, hub_k
         kw["subfolder"] = subfolder
     if dtype is not None:
         kw["dtype"] = dtype
+    move_to = None
     if device_map is not None:
-        kw["device_map"] = device_map
+        import importlib.util
+
+        single = isinstance(device_map, (str, int, torch.device)) or (
+            isinstance(device_map, dict) and len(set(device_map.values())) == 1
+        )
+        if single and importlib.util.find_spec("accelerate") is None:
+            # transformers needs accelerate for any device_map; a one-device map needs nothing but a move.
+            move_to = _single_device(device_map)
+        else:
+            kw["device_map"] = device_map
     if attn_implementation is not None:
         kw["attn_implementation"] = attn_implementation
-    return Gemma3ForConditionalGeneration.from_pretrained(source, **kw)
+    # Only safetensors, never pickle: a base that ships only pytorch_model.bin is refused.
+    gemma = Gemma3ForConditionalGeneration.from_pretrained(source, use_safetensors=True, **kw)
+    return gemma.to(move_to) if move_to is not None else gemma
 
 
 def _gemma_weight_files(source: str, subfolder: str, hub_kwargs: dict) -> list[str]:
@@ -904,7 +1028,8 @@ def _load_vae_encoder(model: TheWorld, files: list[str], device, dtype) -> dict[
     for path in files:
         part = read_safetensors(path, prefix_filter=VAE_ENCODER_PREFIXES)
         if part:
-            prints[os.path.basename(path)] = fingerprint_safetensors(path, keys=part.keys())
+            # from the bytes just read: the same value as fingerprint_safetensors(path, keys), no second read
+            prints[os.path.basename(path)] = fingerprint_tensors(part)
         state.update(part)
     _assign_strict(model.cosmos_vae, state, "Cosmos VAE encoder", device=device, dtype=dtype)
     return prints
@@ -968,7 +1093,14 @@ def _build_fresh(cls, source, raw, config_path, subfolder, overrides, *, dtype, 
     from transformers import AutoProcessor, Gemma3Config
 
     gemma_config = Gemma3Config.from_dict(raw)
+    for key in ("gemma_model_name", "gemma_revision"):
+        if key in overrides:
+            raise ValueError(
+                f"{key}= applies to loading a TheWorld checkpoint; {source!r} is itself the Gemma base. Pass the Gemma "
+                "source as the first argument and its revision as revision=."
+            )
     cosmos = overrides.pop("cosmos_model_name", None) or TheWorldConfig.cosmos_model_name
+    cosmos_pin = overrides.pop("cosmos_revision", None)
     gemma_revision = commit_of(config_path)
     gemma_dict = gemma_config.to_dict()
     for k in ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype"):
@@ -984,7 +1116,12 @@ def _build_fresh(cls, source, raw, config_path, subfolder, overrides, *, dtype, 
     vae_files: list[str] = []
     if enable_world:
         _import_diffusers()
-        vae_cfg_path = resolve_file(cosmos, "config.json", "vae", **_hub(hub_kwargs, revision=None))
+        # ``revision=`` names the Gemma revision; the Cosmos source has its own (``cosmos_revision=``, default main).
+        cosmos_kw = _hub(hub_kwargs)
+        cosmos_kw.pop("revision", None)
+        if cosmos_pin:
+            cosmos_kw["revision"] = cosmos_pin
+        vae_cfg_path = resolve_file(cosmos, "config.json", "vae", **cosmos_kw)
         if vae_cfg_path is None:
             raise FileNotFoundError(
                 f"No vae/config.json in the Cosmos source {cosmos!r}; pass cosmos_model_name= a Cosmos-Predict2 "
@@ -1010,10 +1147,8 @@ def _build_fresh(cls, source, raw, config_path, subfolder, overrides, *, dtype, 
     config.end_of_world_token_id = processor.end_of_world_token_id
     config.world_token_id = processor.world_token_id
 
-    with torch.device("meta"):
-        model = cls(config)
     gemma = _gemma_from_pretrained(source, subfolder, dtype, device_map, _hub(hub_kwargs), attn_implementation)
-    _adopt_gemma(model, gemma)
+    model = _skeleton_around(cls, config, gemma)
     device = _gemma_device(model)
     gemma_files = _gemma_weight_files(source, subfolder, _hub(hub_kwargs))
     fingerprints = {"gemma": _fingerprints_gemma(gemma_files)}
@@ -1022,11 +1157,24 @@ def _build_fresh(cls, source, raw, config_path, subfolder, overrides, *, dtype, 
         fingerprints["cosmos_vae"] = _load_vae_encoder(model, vae_files, device, model.dtype)
         _install_world_modules(model, device)
         _init_boundaries_from_gemma(model)
-        model._load_rollout(hub_kwargs)
+        fingerprints.update(model._load_rollout(hub_kwargs) or {})
     config.base_fingerprints = fingerprints
     model.processor = processor
     model.apply_freeze_flags()
     model.eval()
+    return model
+
+
+def _skeleton_around(cls: type[TheWorld], config: TheWorldConfig, gemma: Gemma3ForConditionalGeneration) -> TheWorld:
+    """TheWorld around a loaded Gemma 3: Gemma's modules are used as they are and only the world modules are created,
+    on the meta device (they are materialised by the loader)."""
+    token = _PREBUILT_GEMMA.set(gemma)
+    try:
+        with torch.device("meta"):
+            model = cls(config)
+    finally:
+        _PREBUILT_GEMMA.reset(token)
+    _adopt_gemma(model, gemma)
     return model
 
 
@@ -1051,6 +1199,10 @@ def _check_overrides(config: TheWorldConfig, overrides: dict) -> None:
                 "passed. Architecture fields cannot change at load time; drop the argument, or build a new model from "
                 "the Gemma base with these settings."
             )
+    for base in ("gemma", "cosmos"):
+        # A new source invalidates the recorded commit unless a revision for it is given too.
+        if f"{base}_model_name" in overrides and f"{base}_revision" not in overrides:
+            overrides[f"{base}_revision"] = None
     for key, value in overrides.items():
         if key not in ARCHITECTURE_FIELDS:
             setattr(config, key, value)
@@ -1063,8 +1215,16 @@ def _read_checkpoint_tensors(source: str, subfolder: str, hub_kwargs: dict) -> t
     state, metadata = {}, {}
     for path in files:
         header, _ = read_safetensors_header(path)
-        metadata.update(header.get("__metadata__") or {})
-        state.update(read_safetensors(path))
+        file_meta = dict(header.get("__metadata__") or {})
+        recorded = file_meta.pop(DIGEST_KEY, None)
+        metadata.update(file_meta)
+        part = read_safetensors(path)
+        if recorded is not None and tensors_digest(part) != recorded:
+            raise ValueError(
+                f"{path} is corrupt: its tensor data do not match the sha256 recorded when it was saved. Re-download "
+                "it (delete it from the hub cache) or re-save the checkpoint."
+            )
+        state.update(part)
     return state, metadata
 
 
@@ -1075,7 +1235,9 @@ def _check_fingerprints(recorded: dict | None, current: dict, ignore: bool) -> N
     for part, files in current.items():
         for name, fp in files.items():
             old = (recorded.get(part) or {}).get(name)
-            if old is not None and old != fp:
+            if old is not None and old.split(":")[0] != fp.split(":")[0]:
+                logger.warning("%s/%s was fingerprinted with another scheme (%s); not verified.", part, name, old[:8])
+            elif old is not None and old != fp:
                 diffs.append(f"{part}/{name}")
     if not diffs:
         return
@@ -1124,14 +1286,14 @@ def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerpri
     from transformers.initialization import no_init_weights
 
     dtype, device_map, hub_kwargs = loader["dtype"], loader["device_map"], loader["hub_kwargs"]
+    saved_prefixes = tuple(config.trainable_prefixes())  # what the checkpoint holds (before freeze overrides)
+    _check_overrides(config, overrides)
     if legacy and config.enable_world and config.vae_config is None:
         vae_cfg, _ = _vae_source(config, hub_kwargs)
         config.vae_config = {k: v for k, v in vae_cfg.items() if not k.startswith("_")}
         config.validate_world()
     state, metadata = _read_checkpoint_tensors(source, subfolder, hub_kwargs)
     kind = config.checkpoint_kind or metadata.get("checkpoint_kind") or "partial"
-    saved_prefixes = tuple(config.trainable_prefixes())
-    _check_overrides(config, overrides)
     processor = _load_processor(source, subfolder, config, hub_kwargs)
 
     if kind == "full":
@@ -1159,8 +1321,8 @@ def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerpri
             model.to(device)
         model._load_rollout(hub_kwargs)
     else:
-        with torch.device("meta"):
-            model = cls(config)
+        if config.enable_world:
+            _import_diffusers()  # fail before the long Gemma load, not after it
         gemma_kw = _hub(hub_kwargs)
         gemma_kw.pop("revision", None)
         if config.gemma_revision:
@@ -1175,7 +1337,7 @@ def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerpri
                 f"this partial checkpoint needs: {err}. Make it available (download it, or pass "
                 "gemma_model_name=<local path>), or use a full checkpoint (save_pretrained(save_full_model=True))."
             ) from err
-        _adopt_gemma(model, gemma)
+        model = _skeleton_around(cls, config, gemma)
         device = _gemma_device(model)
         fingerprints = {"gemma": _fingerprints_gemma(_gemma_weight_files(config.gemma_model_name, "", gemma_kw))}
         if config.enable_world:
@@ -1183,7 +1345,7 @@ def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerpri
             fingerprints["cosmos_vae"] = _load_vae_encoder(model, vae_files, device, model.dtype)
             _install_world_modules(model, device)
             _init_boundaries_from_gemma(model)
-            model._load_rollout(hub_kwargs)
+            fingerprints.update(model._load_rollout(hub_kwargs) or {})
         if not legacy:
             _check_fingerprints(config.base_fingerprints, fingerprints, ignore_fingerprint_mismatch)
         else:
@@ -1266,7 +1428,12 @@ def _load_processor(source: str, subfolder: str, config: TheWorldConfig, hub_kwa
 # ----------------------------------------------------------------------------------------------------------------------
 # Saving
 # ----------------------------------------------------------------------------------------------------------------------
-REMOTE_CODE_FILES = ("configuration_theworld.py", "modeling_theworld.py", "processing_theworld.py")
+REMOTE_CODE_FILES = (
+    "configuration_theworld.py",
+    "modeling_theworld.py",
+    "processing_theworld.py",
+    "rollout_theworld.py",
+)
 AUTO_MAP = {
     "AutoConfig": "configuration_theworld.TheWorldConfig",
     "AutoModel": "modeling_theworld.TheWorld",
@@ -1300,6 +1467,39 @@ def shard_state_dict(state: dict, max_shard_size: int) -> list[dict]:
         shards[-1][key] = tensor
         size += nbytes
     return shards
+
+
+#: safetensors header metadata key holding `tensors_digest` of the file's tensors (checked on load).
+DIGEST_KEY = "theworld_tensors_sha256"
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and raw bytes of ``state``'s tensors (in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` plus the `tensors_digest` in the metadata, with a canonical header.
+
+    safetensors writes the metadata map in a random order, so two saves of the same model would differ in bytes; the
+    header is rewritten in place with sorted keys (same length, same content), making saves byte-reproducible (equal
+    hashes, so hub uploads of an unchanged checkpoint deduplicate).
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata={**metadata, DIGEST_KEY: tensors_digest(tensors)})
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) <= length:
+            f.seek(8)
+            f.write(canonical + b" " * (length - len(canonical)))
 
 
 def checkpoint_metadata(model: TheWorld, kind: str) -> dict:
@@ -1411,8 +1611,6 @@ def save_checkpoint(model: TheWorld, save_directory: str, save_full_model: bool 
     import shutil
     import tempfile
 
-    from safetensors.torch import save_file
-
     kind = "full" if save_full_model else "partial"
     if save_full_model:
         state = dict(model.state_dict())
@@ -1422,17 +1620,18 @@ def save_checkpoint(model: TheWorld, save_directory: str, save_full_model: bool 
         state = model.trainable_state_dict()
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     os.makedirs(save_directory, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".theworld-staging-", dir=save_directory)
+    recover_interrupted_save(save_directory, roll_back_incomplete=True)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=save_directory)
     try:
         metadata = checkpoint_metadata(model, kind)
         shards = shard_state_dict(state, parse_size(max_shard_size)) if save_full_model else [state]
         if len(shards) == 1:
-            save_file(shards[0], os.path.join(staging, "model.safetensors"), metadata=metadata)
+            write_safetensors(shards[0], os.path.join(staging, "model.safetensors"), metadata)
         else:
             weight_map = {}
             for i, shard in enumerate(shards, 1):
                 name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, os.path.join(staging, name), metadata=metadata)
+                write_safetensors(shard, os.path.join(staging, name), metadata)
                 weight_map.update(dict.fromkeys(shard, name))
             total = sum(t.numel() * t.element_size() for t in state.values())
             with open(os.path.join(staging, "model.safetensors.index.json"), "w") as f:
@@ -1456,17 +1655,69 @@ def save_checkpoint(model: TheWorld, save_directory: str, save_full_model: bool 
         with open(os.path.join(staging, "README.md"), "w") as f:
             f.write(model_card(model, kind, state))
 
-        new_files = set(os.listdir(staging))
-        for name in os.listdir(save_directory):
-            path = os.path.join(save_directory, name)
-            if name not in new_files and os.path.isfile(path) and name.startswith(_OWNED_PATTERNS):
-                os.remove(path)
-        # weights first, config.json last: a reader sees either the old config or the complete new checkpoint
-        order = sorted(new_files, key=lambda n: (n == "config.json", n))
-        for name in order:
-            os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in os.listdir(staging):  # safetensors writes 0600 temp files; give them the usual permissions
+            os.chmod(os.path.join(staging, name), 0o666 & ~umask)
+        # Commit point: the marker (written atomically) lists every file; from here on the save rolls forward.
+        marker = os.path.join(staging, COMPLETE_MARKER)
+        with open(marker + ".tmp", "w") as f:
+            json.dump(sorted(os.listdir(staging)), f)
+        os.replace(marker + ".tmp", marker)
+        _publish_staged(save_directory, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+STAGING_PREFIX = ".theworld-staging-"
+COMPLETE_MARKER = ".theworld-complete"
+
+
+def _publish_staged(save_directory: str, staging: str) -> None:
+    """Move a complete staged checkpoint into ``save_directory`` (weights first, ``config.json`` last), then remove
+    stale weight files of the previous checkpoint (e.g. old shards) and the staging folder. Idempotent: safe to rerun
+    after a crash midway."""
+    import shutil
+
+    files = _read_json(os.path.join(staging, COMPLETE_MARKER))
+    for name in sorted(files, key=lambda n: (n == "config.json", n)):
+        src = os.path.join(staging, name)
+        if os.path.exists(src):
+            os.replace(src, os.path.join(save_directory, name))
+    for name in os.listdir(save_directory):
+        path = os.path.join(save_directory, name)
+        if name not in files and os.path.isfile(path) and name.startswith(_OWNED_PATTERNS):
+            os.remove(path)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_interrupted_save(folder: str, roll_back_incomplete: bool = False) -> None:
+    """Finish or undo a save of ``folder`` that was killed midway.
+
+    A staging folder whose completion marker was written is published (rolled forward): the save had finished writing
+    and only the moves were interrupted. An incomplete one is deleted when ``roll_back_incomplete`` (the next save
+    does this); the files in ``folder`` then still are the previous checkpoint, untouched.
+    """
+    import shutil
+
+    if not os.path.isdir(folder):
+        return
+    for name in sorted(os.listdir(folder)):
+        staging = os.path.join(folder, name)
+        if not (name.startswith(STAGING_PREFIX) and os.path.isdir(staging)):
+            continue
+        if os.path.exists(os.path.join(staging, COMPLETE_MARKER)):
+            logger.warning("Completing an interrupted save of %s (its files were all written).", folder)
+            try:
+                _publish_staged(folder, staging)
+            except OSError as err:
+                raise OSError(
+                    f"{folder} holds a save that was interrupted after all its files were written ({name}), and it "
+                    f"could not be completed here ({err}). Make the folder writable and load it again, or delete "
+                    f"{staging} to keep the checkpoint as it is."
+                ) from err
+        elif roll_back_incomplete:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _add_processor_auto_map(folder: str) -> None:
@@ -1499,13 +1750,83 @@ def upload_checkpoint_folder(folder: str, repo_id: str, **kwargs):
         revision=kwargs.pop("revision", None),
         create_pr=kwargs.pop("create_pr", False),
         path_in_repo=kwargs.pop("path_in_repo", None),
+        # never leftovers of an interrupted save
+        ignore_patterns=[f"{STAGING_PREFIX}*", f"{STAGING_PREFIX}*/**", *(kwargs.pop("ignore_patterns", None) or [])],
     )
 
 
-def _load_rollout_default(self, hub_kwargs):  # replaced by the rollout implementation
-    return None
+# ----------------------------------------------------------------------------------------------------------------------
+# Rollout loading (the module and its math live in rollout_theworld.py)
+# ----------------------------------------------------------------------------------------------------------------------
+def _cosmos_hub(config: TheWorldConfig, hub_kwargs: dict) -> dict:
+    """Hub arguments for the Cosmos source: the caller's, with the pinned ``cosmos_revision`` as the revision."""
+    kw = _hub(hub_kwargs)
+    kw.pop("revision", None)
+    if config.cosmos_revision:
+        kw["revision"] = config.cosmos_revision
+    return kw
 
 
-TheWorld._load_rollout = _load_rollout_default
+def _rollout_is_loaded(rollout: nn.Module | None) -> bool:
+    return rollout is not None and not any(t.is_meta for t in rollout.state_dict().values())
+
+
+def _load_rollout_impl(self: TheWorld, hub_kwargs: dict) -> dict[str, dict[str, str]]:
+    """Load what rollout needs from the Cosmos source; return the fingerprints of the files read.
+
+    Reads only ``transformer/`` (the DiT weights, and at a fresh build its ``config.json`` and
+    ``scheduler/scheduler_config.json``), honouring ``cosmos_revision``; never the safety checker. The fixed prompt
+    embedding is computed with ``text_encoder/`` + ``tokenizer/`` only at a fresh build (or when
+    ``load_full_cosmos_pipeline=True`` with ``num_world_steps=0``, whose checkpoints do not carry it); a
+    ``num_world_steps > 0`` partial checkpoint carries it and fills the placeholder made here. A full checkpoint
+    already holds everything, so nothing is read.
+    """
+    cfg = self.config
+    rollout = getattr(self, "world_rollout", None)
+    if not cfg.rollout_enabled or _rollout_is_loaded(rollout):
+        return {}
+    kw = _cosmos_hub(cfg, hub_kwargs)
+    source = cfg.cosmos_model_name
+    vae_param = next(self.cosmos_vae.parameters())
+    device, dtype = vae_param.device, vae_param.dtype
+    if rollout is None:
+        found = {}
+        for sub, name in (("transformer", "config.json"), ("scheduler", "scheduler_config.json")):
+            path = resolve_file(source, name, sub, **kw)
+            if path is None:
+                raise FileNotFoundError(
+                    f"No {sub}/{name} in the Cosmos source {source!r}; rollout (num_world_steps > 0 or "
+                    "load_full_cosmos_pipeline=True) needs a Cosmos-Predict2 Video2World pipeline with transformer/ and "
+                    "scheduler/ subfolders. Pass cosmos_model_name=..., or set num_world_steps=0."
+                )
+            found[sub] = strip_private(_read_json(path))
+        cfg.transformer_config, cfg.scheduler_config = found["transformer"], found["scheduler"]
+        with torch.device("meta"):
+            rollout = self._build_rollout(cfg)
+        self.world_rollout = rollout
+    files = weight_files(source, "diffusion_pytorch_model", "transformer", **kw)
+    state, prints = {}, {}
+    for path in files:
+        state.update(read_safetensors(path))
+        prints[os.path.basename(path)] = fingerprint_safetensors(path)
+    _assign_strict(rollout.transformer, state, "Cosmos DiT (transformer/)", device=device, dtype=dtype)
+    keep_fp32 = tuple(getattr(rollout.transformer, "_keep_in_fp32_modules", None) or ())
+    for name, param in rollout.transformer.named_parameters():
+        if keep_fp32 and any(part in keep_fp32 for part in name.split(".")):
+            param.data = param.data.float()
+    rollout.transformer.requires_grad_(False)
+    fingerprints = {"cosmos_transformer": prints}
+    shape = tuple(rollout.prompt_embeds.shape)
+    if cfg.checkpoint_kind is not None and cfg.num_world_steps > 0:
+        # A placeholder: the checkpoint carries the prompt embedding computed at the fresh build.
+        rollout.prompt_embeds = torch.zeros(shape, device=device, dtype=dtype)
+    else:
+        text_files = weight_files(source, "model", "text_encoder", **kw)
+        fingerprints["cosmos_text_encoder"] = {os.path.basename(p): fingerprint_safetensors(p) for p in text_files}
+        rollout.prompt_embeds = encode_fixed_prompt(source, kw, shape[-1], device, dtype)
+    return fingerprints
+
+
+TheWorld._load_rollout = _load_rollout_impl
 
 __all__ = ["TheWorld", "TheWorldProjector", "latents_to_world_tokens", "normalize_latents"]

@@ -22,7 +22,10 @@ logger = logging.getLogger(__name__)
 
 MIN_IMAGE_SIZE = 16
 # Modes that convert to RGB without losing meaning. Others are refused with a clear message.
-_CONVERTIBLE_MODES = {"RGB", "L", "LA", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1", "I", "I;16", "F"}
+_CONVERTIBLE_MODES = {
+    "RGB", "RGBX", "L", "LA", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1", "I", "F",
+    "I;16", "I;16B", "I;16L", "I;16N",
+}  # fmt: skip
 
 
 def image_to_rgb(image: Any) -> Image.Image:
@@ -66,11 +69,17 @@ def image_to_rgb(image: Any) -> Image.Image:
         return image
     if mode not in _CONVERTIBLE_MODES:
         raise ValueError(f"Unsupported image mode {mode!r}; convert the image to RGB first (image.convert('RGB')).")
-    if mode in ("I", "I;16", "F"):
+    if mode in ("I", "F") or mode.startswith("I;16"):
         array = np.asarray(image, dtype=np.float64)
         if np.isnan(array).any():
             raise ValueError("Image contains NaN values; clean the input before calling the processor.")
-        top = 65535.0 if mode == "I;16" else max(float(array.max()), 1.0)
+        peak = float(array.max()) if array.size else 0.0
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "I":  # 32-bit ints: 8-bit or 16-bit data (e.g. 16-bit PNGs) keep their scale
+            top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+        else:
+            top = max(peak, 1.0)
         array = np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8)
         return Image.fromarray(array).convert("RGB")
     if mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info):
@@ -78,6 +87,18 @@ def image_to_rgb(image: Any) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _first_unsupported_image(images: Any) -> Any:
+    """The first leaf of a (nested) list of images that is not a PIL image, array or tensor; ``None`` if all are."""
+    stack = [images]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif not isinstance(item, (Image.Image, np.ndarray, torch.Tensor)):
+            return item
+    return None
 
 
 def world_pixels_from_image(image: Image.Image, size: int) -> torch.Tensor:
@@ -173,6 +194,12 @@ class TheWorldProcessor(Gemma3Processor):
         """
         nested = None
         if images is not None:
+            bad = _first_unsupported_image(images)
+            if bad is not None:
+                raise TypeError(
+                    f"Unsupported image type {type(bad).__name__}; pass a PIL.Image, a numpy array or a torch tensor "
+                    "per image (a list of images per prompt). Paths and URLs are not opened: use PIL.Image.open."
+                )
             nested = [[image_to_rgb(im) for im in sample] for sample in make_nested_list_of_images(images)]
         if text is None or self.num_world_tokens == 0 or nested is None:
             return super().__call__(images=nested, text=text, **kwargs)
