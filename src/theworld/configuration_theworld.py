@@ -156,8 +156,8 @@ class TheWorldConfig(Gemma3Config):
             raise ValueError(
                 f"checkpoint_format_version={self.checkpoint_format_version} was written by a newer major version of "
                 f"theworld (this one reads format {CHECKPOINT_FORMAT_VERSION}, version {THEWORLD_VERSION}). "
-                "Upgrade with `pip install -U theworld`, or load with trust_remote_code=True to use the checkpoint's "
-                "own code."
+                "Upgrade with `pip install -U theworld`, or load it with trust_remote_code=True in a process that does "
+                "not import theworld, so that the checkpoint's own code is used."
             )
         if self.world_projection_mode not in WORLD_PROJECTION_MODES:
             raise ValueError(

@@ -223,13 +223,19 @@ def read_safetensors(path: str, keep: Iterable[str] | None = None, prefix_filter
             if info["dtype"] not in SAFETENSORS_DTYPES:
                 raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}.")
             start, end = info["data_offsets"]
-            f.seek(offset + start)
-            buf = bytearray(end - start)
-            if f.readinto(buf) != end - start:
-                raise ValueError(f"{path} is truncated while reading {name}; re-download or re-save it.")
             dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            tensor = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
-            out[name] = tensor.reshape(info["shape"])
+            tensor = torch.empty(info["shape"], dtype=dtype)  # its own storage, filled by one read (no zero-fill)
+            raw = tensor.reshape(-1).view(torch.uint8)
+            if raw.numel() != end - start:
+                raise ValueError(
+                    f"{path}: tensor {name} has {end - start} bytes for shape {info['shape']} {info['dtype']}; the "
+                    "file is corrupt. Re-download or re-save it."
+                )
+            if end > start:
+                f.seek(offset + start)
+                if f.readinto(memoryview(raw.numpy())) != end - start:
+                    raise ValueError(f"{path} is truncated while reading {name}; re-download or re-save it.")
+            out[name] = tensor
     return out
 
 
@@ -1024,6 +1030,13 @@ VAE_ENCODER_PREFIXES = ("encoder.", "quant_conv.")
 
 def _load_vae_encoder(model: TheWorld, files: list[str], device, dtype) -> dict[str, str]:
     """Read only the VAE encoder tensors into ``model.cosmos_vae``; return their fingerprints per file."""
+    state, prints = _read_vae_encoder(files)
+    _assign_strict(model.cosmos_vae, state, "Cosmos VAE encoder", device=device, dtype=dtype)
+    return prints
+
+
+def _read_vae_encoder(files: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The VAE encoder tensors of the Cosmos VAE files (nothing else is read) and their fingerprints per file."""
     state, prints = {}, {}
     for path in files:
         part = read_safetensors(path, prefix_filter=VAE_ENCODER_PREFIXES)
@@ -1031,8 +1044,7 @@ def _load_vae_encoder(model: TheWorld, files: list[str], device, dtype) -> dict[
             # from the bytes just read: the same value as fingerprint_safetensors(path, keys), no second read
             prints[os.path.basename(path)] = fingerprint_tensors(part)
         state.update(part)
-    _assign_strict(model.cosmos_vae, state, "Cosmos VAE encoder", device=device, dtype=dtype)
-    return prints
+    return state, prints
 
 
 def _assign_strict(module: nn.Module, state: dict, what: str, device=None, dtype=None) -> None:
@@ -1167,10 +1179,14 @@ def _build_fresh(cls, source, raw, config_path, subfolder, overrides, *, dtype, 
 
 def _skeleton_around(cls: type[TheWorld], config: TheWorldConfig, gemma: Gemma3ForConditionalGeneration) -> TheWorld:
     """TheWorld around a loaded Gemma 3: Gemma's modules are used as they are and only the world modules are created,
-    on the meta device (they are materialised by the loader)."""
+    without initialising them (the loader fills or initialises every one). Without rollout they are allocated but
+    never written (so never resident) until filled, which builds faster than the meta device; the rollout loader needs
+    its placeholders on the meta device."""
+    from transformers.initialization import no_init_weights
+
     token = _PREBUILT_GEMMA.set(gemma)
     try:
-        with torch.device("meta"):
+        with torch.device("meta") if config.rollout_enabled else no_init_weights():
             model = cls(config)
     finally:
         _PREBUILT_GEMMA.reset(token)
@@ -1283,9 +1299,7 @@ def _convert_legacy_state(state: dict) -> dict:
 
 def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerprint_mismatch, legacy, **loader):
     """Load a TheWorld checkpoint (see `load_theworld`)."""
-    from transformers.initialization import no_init_weights
-
-    dtype, device_map, hub_kwargs = loader["dtype"], loader["device_map"], loader["hub_kwargs"]
+    hub_kwargs = loader["hub_kwargs"]
     saved_prefixes = tuple(config.trainable_prefixes())  # what the checkpoint holds (before freeze overrides)
     _check_overrides(config, overrides)
     if legacy and config.enable_world and config.vae_config is None:
@@ -1295,7 +1309,19 @@ def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerpri
     state, metadata = _read_checkpoint_tensors(source, subfolder, hub_kwargs)
     kind = config.checkpoint_kind or metadata.get("checkpoint_kind") or "partial"
     processor = _load_processor(source, subfolder, config, hub_kwargs)
+    model = _load_checkpoint_weights(cls, config, state, kind, saved_prefixes, ignore_fingerprint_mismatch, legacy, **loader)
+    config.checkpoint_kind = kind
+    model.processor = processor
+    model.apply_freeze_flags()
+    model.eval()
+    return model
 
+
+def _load_checkpoint_weights(cls, config, state, kind, saved_prefixes, ignore_fingerprint_mismatch, legacy, **loader):
+    """The model of a checkpoint: a full one from its own tensors; a partial one from its bases plus ``state``."""
+    from transformers.initialization import no_init_weights
+
+    dtype, device_map, hub_kwargs = loader["dtype"], loader["device_map"], loader["hub_kwargs"]
     if kind == "full":
         with no_init_weights():
             model = cls(config)
@@ -1341,8 +1367,8 @@ def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerpri
         device = _gemma_device(model)
         fingerprints = {"gemma": _fingerprints_gemma(_gemma_weight_files(config.gemma_model_name, "", gemma_kw))}
         if config.enable_world:
-            _, vae_files = _vae_source(config, hub_kwargs)
-            fingerprints["cosmos_vae"] = _load_vae_encoder(model, vae_files, device, model.dtype)
+            vae_state, fingerprints["cosmos_vae"] = _read_vae_encoder(_vae_source(config, hub_kwargs)[1])
+            _assign_strict(model.cosmos_vae, vae_state, "Cosmos VAE encoder", device=device, dtype=model.dtype)
             _install_world_modules(model, device)
             _init_boundaries_from_gemma(model)
             fingerprints.update(model._load_rollout(hub_kwargs) or {})
@@ -1363,10 +1389,6 @@ def _load_checkpoint(cls, source, config, subfolder, overrides, ignore_fingerpri
             for key, tensor in state.items():
                 target = full[key]
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
-    config.checkpoint_kind = kind
-    model.processor = processor
-    model.apply_freeze_flags()
-    model.eval()
     return model
 
 
@@ -1679,15 +1701,22 @@ def _publish_staged(save_directory: str, staging: str) -> None:
     after a crash midway."""
     import shutil
 
-    files = _read_json(os.path.join(staging, COMPLETE_MARKER))
+    try:
+        files = _read_json(os.path.join(staging, COMPLETE_MARKER))
+    except FileNotFoundError:
+        return  # another process (the saver itself, or a concurrent load) finished it
     for name in sorted(files, key=lambda n: (n == "config.json", n)):
-        src = os.path.join(staging, name)
-        if os.path.exists(src):
-            os.replace(src, os.path.join(save_directory, name))
+        try:
+            os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
+        except FileNotFoundError:
+            pass  # already moved
     for name in os.listdir(save_directory):
         path = os.path.join(save_directory, name)
         if name not in files and os.path.isfile(path) and name.startswith(_OWNED_PATTERNS):
-            os.remove(path)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
     shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -1,0 +1,79 @@
+"""``theworld export``: re-save a TheWorld checkpoint, partial or full.
+
+Examples::
+
+    theworld export ./checkpoints/run1 ./run1-full --full            # self-contained: loads without the base models
+    theworld export ./run1-full ./run1-partial                       # back to the trained tensors only
+    theworld export ./old-research-ckpt ./converted                  # earlier format -> current format
+    theworld export user/theworld-vsr ./local --checkpoint-name checkpoint-2 --revision main
+
+The source is loaded exactly as ``TheWorld.from_pretrained`` loads it (strict, fingerprints checked), then written
+with ``save_pretrained`` (atomic). ``--dtype`` casts the base weights (the world projector stays float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _echo(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="TheWorld checkpoint: local folder or hub repo id")
+    parser.add_argument("destination", help="folder to write the checkpoint to (created; replaced atomically)")
+    parser.add_argument("--full", action="store_true", help="write every parameter (loads without the bases)")
+    parser.add_argument("--max-shard-size", default="5GB", help="shard size of a --full export (default 5GB)")
+    parser.add_argument("--checkpoint-name", default=None, help="a checkpoint-N/ subfolder of the source")
+    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of the source")
+    parser.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="cast the base weights on load"
+    )
+    parser.add_argument(
+        "--ignore-fingerprint-mismatch",
+        action="store_true",
+        help="load even if the base weights differ from those the checkpoint was trained on (a warning)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from theworld import TheWorld
+    from theworld.modeling_theworld import resolve_file
+
+    hub = {"revision": args.revision} if args.revision else {}
+    config_path = resolve_file(args.source, "config.json", args.checkpoint_name or "", **hub)
+    if config_path is not None:
+        with open(config_path) as f:
+            model_type = json.load(f).get("model_type")
+        if model_type not in ("theworld", "the_world"):
+            sys.stderr.write(
+                f"theworld export: error: {args.source} has model_type {model_type!r}; export re-saves TheWorld "
+                "checkpoints. To start from a Gemma 3 base, build the model in Python with TheWorld.from_pretrained("
+                "gemma, cosmos_model_name=...) and save it.\n"
+            )
+            return 2
+    kwargs = dict(hub)
+    if args.checkpoint_name:
+        kwargs["checkpoint_name"] = args.checkpoint_name
+    if args.dtype:
+        kwargs["dtype"] = getattr(torch, args.dtype)
+    if args.ignore_fingerprint_mismatch:
+        kwargs["ignore_fingerprint_mismatch"] = True
+    try:
+        model = TheWorld.from_pretrained(args.source, **kwargs)
+    except (OSError, ValueError) as err:
+        sys.stderr.write(f"theworld export: error: {err}\n")
+        return 2
+    model.save_pretrained(args.destination, save_full_model=args.full, max_shard_size=args.max_shard_size)
+    names = sorted(n for n in os.listdir(args.destination) if n.startswith("model"))
+    size = sum(os.path.getsize(os.path.join(args.destination, n)) for n in names)
+    kind = "full" if args.full else "partial"
+    _echo(f"Wrote a {kind} TheWorld checkpoint to {args.destination}: {', '.join(names)} ({size:,} bytes)")
+    return 0
