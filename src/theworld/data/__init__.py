@@ -31,17 +31,24 @@ _EXPORTS: dict[str, str] = {
     "load_vsr_jsonl": "vsr",
     "parse_label": "vsr",
     "resolve_image_path": "vsr",
+    "PROMPT_TEMPLATE": "collator",
+    "VSRCollator": "collator",
+    "build_conversation": "collator",
+    "supervised_positions": "collator",
 }
 
 __all__ = [
     "COLORS",
     "OPPOSITE",
+    "PROMPT_TEMPLATE",
     "RELATIONS",
     "SHAPES",
     "SKIP_REASONS",
     "SceneGeometry",
+    "VSRCollator",
     "VSRDataset",
     "VSRExample",
+    "build_conversation",
     "build_vsr_dataset",
     "caption_for",
     "check_image",
@@ -55,9 +62,11 @@ __all__ = [
     "resolve_image_path",
     "sample_layout",
     "split_stats",
+    "supervised_positions",
 ]
 
 if TYPE_CHECKING:
+    from .collator import PROMPT_TEMPLATE, VSRCollator, build_conversation, supervised_positions
     from .synthetic import (
         COLORS,
         OPPOSITE,
