@@ -1,10 +1,10 @@
 """Train TheWorld (or a Gemma-only baseline) on VSR-style data with ``accelerate``: ``theworld train --config FILE``.
 
 The whole run is described by a :class:`TrainConfig` read from yaml or json (every field documented in
-``docs/training.md`` and in ``theworld train --list-fields``; unknown fields and bad values are errors). The same
+the README (section "Training and evaluating TheWorld") and in ``theworld train --list-fields``; unknown fields and bad values are errors). The same
 command runs on one process or under ``accelerate launch`` (DDP; gloo on CPU).
 
-Design (details in ``docs/training.md``):
+Design (details in the README (section "Training and evaluating TheWorld")):
 
 * **Data order** is a pure function of ``(seed, step)``: a seeded permutation per epoch, concatenated, cut into
   global batches of ``per_device_batch_size x gradient_accumulation_steps x num_processes`` examples. Process ``r``
