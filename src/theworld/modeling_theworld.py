@@ -1049,29 +1049,12 @@ def _read_vae_encoder(files: list[str]) -> tuple[dict[str, torch.Tensor], dict[s
 
 def _assign_strict(module: nn.Module, state: dict, what: str, device=None, dtype=None) -> None:
     """Load ``state`` into ``module`` strictly (same key set and shapes), materialising meta tensors."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unknown = sorted(set(state) - set(expected))
-    shapes = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unknown or shapes:
-        detail = []
-        if missing:
-            detail.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if unknown:
-            detail.append(f"unknown keys {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
-        if shapes:
-            detail.append(
-                "shape mismatches " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in shapes[:10])
-            )
-        raise ValueError(f"{what} weights do not match the model: " + "; ".join(detail))
-    cast = {k: v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else v.dtype) for k, v in state.items()}
+    _strict_check(state, module.state_dict(), f"{what} weights")
+    cast = {
+        k: v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else v.dtype)
+        for k, v in state.items()
+    }
     module.load_state_dict(cast, strict=True, assign=True)
-
-
-def _materialize(module: nn.Module, device, init_fn) -> None:
-    """Allocate a meta-device module on ``device`` and initialise it."""
-    module.to_empty(device=device)
-    module.apply(init_fn)
 
 
 def _gemma_device(model: TheWorld) -> torch.device:
@@ -1143,17 +1126,8 @@ def _build_fresh(cls, source, raw, config_path, subfolder, overrides, *, dtype, 
         config.vae_config = vae_cfg
         config.cosmos_revision = commit_of(vae_cfg_path)
         config.validate_world()
-    processor = AutoProcessor.from_pretrained(source, subfolder=subfolder, **_hub(hub_kwargs))
-    processor = TheWorldProcessor(
-        image_processor=processor.image_processor,
-        tokenizer=processor.tokenizer,
-        chat_template=processor.chat_template,
-        image_seq_length=processor.image_seq_length,
-        num_world_tokens=config.num_world_tokens,
-        world_image_size=config.world_image_size,
-        start_of_world_token=config.start_of_world_token,
-        end_of_world_token=config.end_of_world_token,
-        world_token=config.world_token,
+    processor = world_processor_from_gemma(
+        AutoProcessor.from_pretrained(source, subfolder=subfolder, **_hub(hub_kwargs)), config
     )
     config.start_of_world_token_id = processor.start_of_world_token_id
     config.end_of_world_token_id = processor.end_of_world_token_id
@@ -1410,6 +1384,21 @@ def _single_device(device_map) -> torch.device | None:
     return torch.device(device_map) if not isinstance(device_map, int) else torch.device("cuda", device_map)
 
 
+def world_processor_from_gemma(base, config: TheWorldConfig) -> TheWorldProcessor:
+    """A `TheWorldProcessor` around a Gemma 3 processor's image processor, tokenizer and chat template."""
+    return TheWorldProcessor(
+        image_processor=base.image_processor,
+        tokenizer=base.tokenizer,
+        chat_template=base.chat_template,
+        image_seq_length=base.image_seq_length,
+        num_world_tokens=config.num_world_tokens,
+        world_image_size=config.world_image_size,
+        start_of_world_token=config.start_of_world_token,
+        end_of_world_token=config.end_of_world_token,
+        world_token=config.world_token,
+    )
+
+
 def _load_processor(source: str, subfolder: str, config: TheWorldConfig, hub_kwargs: dict) -> TheWorldProcessor:
     """The checkpoint's processor, or (earlier checkpoints, which saved none) the Gemma base's plus world tokens."""
     if resolve_file(source, "processor_config.json", subfolder, **_hub(hub_kwargs)):
@@ -1426,13 +1415,7 @@ def _load_processor(source: str, subfolder: str, config: TheWorldConfig, hub_kwa
         kw.pop("revision", None)
         if config.gemma_revision:
             kw["revision"] = config.gemma_revision
-        base = AutoProcessor.from_pretrained(config.gemma_model_name, **kw)
-        processor = TheWorldProcessor(
-            image_processor=base.image_processor,
-            tokenizer=base.tokenizer,
-            chat_template=base.chat_template,
-            image_seq_length=base.image_seq_length,
-        )
+        processor = world_processor_from_gemma(AutoProcessor.from_pretrained(config.gemma_model_name, **kw), config)
     processor.num_world_tokens = config.num_world_tokens
     processor.world_image_size = config.world_image_size
     ids = (processor.start_of_world_token_id, processor.end_of_world_token_id, processor.world_token_id)
