@@ -36,11 +36,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser, parsers = build_parser()
-    # Parse the subcommand name first, then let its module add its own arguments.
-    known, _ = parser.parse_known_args(argv)
-    module = importlib.import_module(SUBCOMMANDS[known.command][0])
-    module.add_arguments(parsers[known.command])
+    # Find the subcommand first and let its module add its own arguments, so that `theworld CMD --help` lists them.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[command][0])
+        module.add_arguments(parsers[command])
     args = parser.parse_args(argv)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -213,7 +213,11 @@ class TheWorldProcessor(Gemma3Processor):
         return_tensors = kwargs.get("return_tensors")
         out = super().__call__(images=nested, text=texts, **kwargs)
 
-        counts = [list(ids).count(self.world_token_id) for ids in out["input_ids"]]
+        ids = out["input_ids"]
+        if isinstance(ids, torch.Tensor):
+            counts = ids.eq(self.world_token_id).sum(-1).tolist()
+        else:  # lists (possibly ragged, without padding) or numpy rows
+            counts = [list(row).count(self.world_token_id) for row in ids]
         expected = [self.num_world_tokens if imgs else 0 for imgs in nested]
         if counts != expected:
             raise ValueError(
