@@ -392,3 +392,49 @@ def test_push_to_hub_uploads_exactly_the_saved_folder(hub, tmp_path):
     snapshot = lay_out_repo(hub["cache"], "someone/pushed", first["files"], first["oid"])
     assert sorted(os.listdir(snapshot)) == sorted(saved)
     assert_reproduces(TheWorld.from_pretrained("someone/pushed", cache_dir=hub["cache"]), hub, 2)
+
+
+def test_train_push_to_hub_uploads_the_final_checkpoint(tiny_bases, tmp_path):
+    """`theworld train` with `push_to_hub: true` uploads exactly its final/ checkpoint folder (loopback hub)."""
+    import yaml
+
+    from theworld.data import generate_synthetic_vsr
+
+    data = generate_synthetic_vsr(tmp_path / "data", num_train=8, num_val=2, num_test=2, seed=3)
+    out = tmp_path / "run"
+    config = {
+        "output_dir": str(out),
+        "gemma_model_name": tiny_bases.gemma,
+        "cosmos_model_name": tiny_bases.cosmos,
+        "world_image_size": 64,
+        "train_file": data["train"],
+        "max_steps": 1,
+        "per_device_batch_size": 4,
+        "progress_bar": False,
+        "push_to_hub": True,
+        "hub_model_id": "someone/trained",
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    with LoopbackHub() as server:
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=server.endpoint,
+            HF_HUB_OFFLINE="0",
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_TOKEN="hf_loopback_test_token",
+            HF_HOME=str(tmp_path / "hf_home"),
+            HTTP_PROXY="http://127.0.0.1:9",
+            HTTPS_PROXY="http://127.0.0.1:9",
+            NO_PROXY="127.0.0.1",
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "theworld.cli", "train", "--config", str(tmp_path / "train.yaml")],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    final = out / "final"
+    saved = {name: (final / name).read_bytes() for name in os.listdir(final) if (final / name).is_file()}
+    assert "model.safetensors" in saved and "config.json" in saved
+    assert [c["repo"] for c in server.commits] == ["someone/trained"]
+    assert server.commits[0]["files"] == saved
