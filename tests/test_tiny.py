@@ -372,3 +372,20 @@ def test_scheduler_loads(tiny_bases):
     assert config.final_sigmas_type == "sigma_min"
     scheduler.set_timesteps(sigmas=torch.linspace(0, 1, 4, dtype=torch.float64).numpy())
     assert scheduler.sigmas[0] == pytest.approx(80.0, rel=1e-4)
+
+
+def test_tiny_cli_builds_loadable_bases(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "theworld.cli", "tiny", str(tmp_path / "b"), "--seed", "0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"gemma:  {tmp_path / 'b' / 'gemma'}" in proc.stdout
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(str(tmp_path / "b" / "gemma")).model_type == "gemma3"
+    assert os.path.exists(tmp_path / "b" / "cosmos" / "model_index.json")
