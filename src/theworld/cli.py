@@ -23,6 +23,13 @@ SUBCOMMANDS = {
 }
 
 
+def echo(text: str = "", stream=None) -> None:
+    """Write one line of command output (the subcommands' only way to print) and flush it."""
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="theworld", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

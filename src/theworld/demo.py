@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from .cli import echo as _echo
+
 logger = logging.getLogger(__name__)
 
 RESULT_KEYS = (
@@ -115,11 +117,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for training batches")
-
-
-def _echo(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def _train_config(args, out: str, bases, data: dict[str, str], world: bool):

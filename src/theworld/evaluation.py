@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .cli import echo as _echo
+
 logger = logging.getLogger(__name__)
 
 MODES = ("score", "generate")
@@ -267,11 +269,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--latent-cache", default=None, help="folder of cached world latents (encode each image once)")
     parser.add_argument("--out", default="eval_out", help="folder for predictions.jsonl and metrics.json")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-
-
-def _echo(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def format_metrics(result: dict[str, Any]) -> str:

@@ -18,10 +18,7 @@ import json
 import os
 import sys
 
-
-def _echo(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+from .cli import echo as _echo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,11 +15,7 @@ import os
 import sys
 from typing import Any
 
-
-def _echo(text: str, stream=None) -> None:
-    stream = stream or sys.stdout
-    stream.write(text + "\n")
-    stream.flush()
+from .cli import echo as _echo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,13 +17,10 @@ import json
 import os
 import sys
 
+from .cli import echo as _echo
+
 #: Files never uploaded: pickled weights (TheWorld only ever reads safetensors) and leftovers of interrupted saves.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def _echo(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,10 +20,7 @@ import os
 import sys
 from typing import Any
 
-
-def _echo(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+from .cli import echo as _echo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -740,8 +740,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
+    from .cli import echo
 
     bases = build_tiny_bases(args.out_dir, seed=args.seed, size=args.size)
-    sys.stdout.write(f"gemma:  {bases.gemma}\ncosmos: {bases.cosmos}\n")
+    echo(f"gemma:  {bases.gemma}\ncosmos: {bases.cosmos}")
     return 0

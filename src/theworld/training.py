@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cli import echo as _echo
+
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT_VERSION = 1
@@ -1144,11 +1146,6 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--list-fields", action="store_true", help="print every config field with its help and exit")
     parser.add_argument("--print-config", action="store_true", help="print the validated config as json and exit")
-
-
-def _echo(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def run(args) -> int:
