@@ -1,216 +1,505 @@
-"""Configuration of TheWorld: Gemma 3 fused with a Cosmos world model.
+# Copyright 2026 The TheWorld Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Configuration of TheWorld: Gemma 3 fused with the Cosmos-Predict2 world model.
 
-This file is shipped next to every checkpoint as remote code. It is flat and self-contained: it imports only
-``transformers`` (and the standard library).
+Shipped next to every checkpoint as remote code: flat, importing only ``transformers`` and ``huggingface_hub``.
+
+A `TheWorldConfig` is a composite configuration with three sub-configs (``text_config``: Gemma 3's language model,
+``vision_config``: SigLIP, ``world_config``: the Wan 2.1 image encoder of Cosmos-Predict2), the world settings beside
+them, and the provenance of the base weights (``base_models``, ``checkpoint_kind``) kept apart from the architecture.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
-from transformers import Gemma3Config
-from transformers.generation import GenerationConfig
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import auto_docstring
 
 logger = logging.getLogger(__name__)
 
-#: Version of the checkpoint format this code reads and writes. A config with a larger value was written by a newer,
-#: incompatible major version of theworld and is refused.
-CHECKPOINT_FORMAT_VERSION = 1
+#: Checkpoint format this code writes. 1: theworld 0.1.0 (flat config, ``cosmos_vae.*`` keys); 2: this version.
+CHECKPOINT_FORMAT_VERSION = 2
 #: Package version written into every config (kept in sync with ``theworld.__version__``).
-THEWORLD_VERSION = "0.1.0"
+THEWORLD_VERSION = "0.2.0"
 
 WORLD_PROJECTION_MODES = ("spatial", "channel")
 PROJECTION_ARCHITECTURES = ("mlp", "mlp_no_final_gelu", "linear")
+WORLD_ATTENTIONS = ("bidirectional", "causal")
+WORLD_PLACEMENTS = ("after_image", "after_bos")
+WORLD_RESIZE_MODES = ("squash", "letterbox", "center_crop")
+ROLLOUT_MODES = ("joint", "autoregressive")
 CHECKPOINT_KINDS = ("partial", "full")
 
 DEFAULT_GEMMA = "google/gemma-3-4b-it"
 DEFAULT_COSMOS = "nvidia/Cosmos-Predict2-2B-Video2World"
 
-# Keys that transformers itself may write into / pass through a config, on top of the declared fields.
-_TRANSFORMERS_EXTRA_KEYS = {
-    "torch_dtype",
-    "name_or_path",
-    "output_attentions",
-    "attn_implementation",
-    "experts_implementation",
-    "per_layer_config",
-    "auto_map",
-    "num_labels",
-    "rope_scaling",
-    "rope_theta",
-    "use_cache",
-    "pad_token_id",
-    "bos_token_id",
-    "eos_token_id",
-    "model_type",
-    "custom_pipelines",
-    "base_model_tp_plan",
-    "base_model_pp_plan",
+#: The Wan 2.1 VAE's per-channel latent statistics (``AutoencoderKLWan`` defaults, identical in Cosmos-Predict2).
+WAN_LATENTS_MEAN = [
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+]  # fmt: skip
+WAN_LATENTS_STD = [
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916,
+]  # fmt: skip
+
+#: What theworld 0.1.0 (checkpoint format 1) did where today's defaults differ; applied to format-1 configs, whose
+#: ``config.json`` omits every value that equalled a 0.1.0 default.
+FORMAT_1_DEFAULTS = {
+    "world_pooling": 1,
+    "world_image_size": 512,
+    "world_projection_mode": "spatial",
+    "world_attention": "causal",
+    "world_placement": "after_bos",
+    "world_resize_mode": "center_crop",
+    "world_encoder_dtype": None,
+    "rollout_mode": "autoregressive",
+    "rollout_num_inference_steps": 4,
+    "rollout_guidance_scale": 1.0,
 }
 
 
-def _vae_geometry(vae_config: dict[str, Any] | None) -> tuple[int, int]:
-    """Return ``(z_dim, spatial_compression)`` of a Wan VAE config dict (diffusers defaults when absent)."""
-    vae_config = vae_config or {}
-    z_dim = int(vae_config.get("z_dim", 16))
-    downsample = vae_config.get("temperal_downsample", [False, True, True])
-    factor = vae_config.get("scale_factor_spatial") or 2 ** len(downsample)
-    patch = vae_config.get("patch_size") or 1
-    return z_dim, int(factor) * int(patch)
+def _closest(name: str, candidates) -> str | None:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.8)
+    return match[0] if match else None
 
 
-class TheWorldConfig(Gemma3Config):
-    r"""Configuration of [`TheWorld`]: a Gemma 3 vision-language model that reads "world tokens" made from Cosmos latents.
+@auto_docstring(checkpoint="nvidia/Cosmos-Predict2-2B-Video2World")
+@strict
+class TheWorldEncoderConfig(PreTrainedConfig):
+    r"""
+    base_dim (`int`, *optional*, defaults to 96):
+        Channels of the first stage of the Wan 2.1 image encoder of Cosmos-Predict2.
+    z_dim (`int`, *optional*, defaults to 16):
+        Latent channels.
+    dim_mult (`list[int]`, *optional*, defaults to `[1, 2, 4, 4]`):
+        Channel multiplier of each stage.
+    num_res_blocks (`int`, *optional*, defaults to 2):
+        Residual blocks per stage.
+    attn_scales (`list[float]`, *optional*, defaults to `[]`):
+        Scales with an attention block in the down path (none in Wan 2.1).
+    temperal_downsample (`list[bool]`, *optional*, defaults to `[False, True, True]`):
+        Which down-sampling stages also halve time. One image never reaches a temporal down-sampling, but the field
+        fixes the layer layout (diffusers' spelling).
+    dropout (`float`, *optional*, defaults to 0.0):
+        Dropout in the residual blocks.
+    in_channels (`int`, *optional*, defaults to 3):
+        Image channels.
+    latents_mean (`list[float]`, *optional*):
+        Per-channel mean of the latents (Wan 2.1's by default); world latents are `(mu - latents_mean) / latents_std`.
+    latents_std (`list[float]`, *optional*):
+        Per-channel standard deviation of the latents (Wan 2.1's by default).
 
-    It is a [`Gemma3Config`] (``text_config``, ``vision_config``, image-token fields) plus the world-model parts, so
-    that the whole skeleton can be built from ``config.json`` alone, on the meta device, with no network.
+    The field names are those of diffusers' `AutoencoderKLWan` config, so a Cosmos `vae/config.json` maps onto it with
+    `from_vae_config` (decoder-only keys are dropped).
+    """
 
-    Args:
-        gemma_model_name (`str`): hub id or local path of the Gemma 3 base weights.
-        gemma_revision (`str`, *optional*): resolved commit of ``gemma_model_name`` when it came from the hub.
-        cosmos_model_name (`str`): hub id or local path of the Cosmos-Predict2 pipeline (a diffusers folder).
-        cosmos_revision (`str`, *optional*): resolved commit of ``cosmos_model_name`` when it came from the hub.
-        base_fingerprints (`dict`, *optional*): ``{"gemma": {file: sha256}, "cosmos": {file: sha256}}`` of the base
-            weight files used when the model was built; checked on load.
-        enable_world (`bool`): when ``False`` the model is exactly Gemma 3.
-        load_full_cosmos_pipeline (`bool`): also load the Cosmos DiT and scheduler when ``num_world_steps == 0``.
-        freeze_gemma_vision (`bool`): freeze SigLIP and the multimodal projector.
-        freeze_gemma_language (`bool`): freeze the language model (embeddings included) and ``lm_head``.
-        freeze_cosmos_vae (`bool`): freeze the Cosmos VAE encoder.
-        num_world_steps (`int`): future latent frames predicted by the Cosmos DiT (0 = current frame only).
-        max_world_steps (`int`): upper bound for ``num_world_steps``.
-        random_projection_init (`bool`): initialise the world projector with plain ``N(0, initializer_range)``
-            instead of the default Xavier-uniform init.
-        world_projection_mode (`str`): ``"spatial"`` (one token per latent position, ``z`` dims each) or
-            ``"channel"`` (one token per latent channel, ``h*w`` dims each).
-        projection_architecture (`str`): ``"mlp"``, ``"mlp_no_final_gelu"`` or ``"linear"``.
-        world_image_size (`int`): side of the square image fed to the VAE, in pixels.
-        world_pooling (`int`): average-pooling factor applied to the latent grid before tokenisation.
-        vae_config (`dict`): the diffusers ``AutoencoderKLWan`` config of the Cosmos VAE.
-        transformer_config (`dict`, *optional*): the diffusers ``CosmosTransformer3DModel`` config (rollout only).
-        scheduler_config (`dict`, *optional*): the diffusers scheduler config (rollout only).
-        rollout_num_inference_steps (`int`): denoising steps per predicted frame in rollout.
-        rollout_seed (`int`): seed of the rollout noise, so that rollout is deterministic.
-        start_of_world_token / end_of_world_token / world_token (`str`): the marker and placeholder strings.
-        start_of_world_token_id / end_of_world_token_id / world_token_id (`int`): their tokenizer ids.
-        checkpoint_kind (`str`, *optional*): ``"partial"`` or ``"full"``, set by ``save_pretrained``.
-        checkpoint_format_version (`int`): format of the checkpoint; newer than this code is an error.
-        theworld_version (`str`): version of the package that wrote the config.
+    model_type = "theworld_world_encoder"
+    base_config_key = "world_config"
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: list[int] | None = None
+    num_res_blocks: int = 2
+    attn_scales: list[float] | None = None
+    temperal_downsample: list[bool] | None = None
+    dropout: float = 0.0
+    in_channels: int = 3
+    latents_mean: list[float] | None = None
+    latents_std: list[float] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.dim_mult is None:
+            self.dim_mult = [1, 2, 4, 4]
+        if self.attn_scales is None:
+            self.attn_scales = []
+        if self.temperal_downsample is None:
+            self.temperal_downsample = [False, True, True]
+        if self.latents_mean is None:
+            self.latents_mean = list(WAN_LATENTS_MEAN)
+        if self.latents_std is None:
+            self.latents_std = list(WAN_LATENTS_STD)
+        super().__post_init__(**kwargs)
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"temperal_downsample has {len(self.temperal_downsample)} entries but dim_mult "
+                f"{self.dim_mult} needs {len(self.dim_mult) - 1} (one per down-sampling stage)."
+            )
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(
+                f"latents_mean and latents_std need z_dim={self.z_dim} values, got {len(self.latents_mean)} and "
+                f"{len(self.latents_std)}."
+            )
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent position along each side (8 for Wan 2.1)."""
+        return 2 ** len(self.temperal_downsample)
+
+    @classmethod
+    def from_vae_config(cls, vae_config: dict[str, Any]) -> TheWorldEncoderConfig:
+        """Build from a diffusers ``AutoencoderKLWan`` config dict (a Cosmos ``vae/config.json``).
+
+        Raises `ValueError` for VAE variants whose image encoder differs from Wan 2.1's (Wan 2.2's residual VAE,
+        patchified input).
+        """
+        if vae_config.get("is_residual"):
+            raise ValueError(
+                "The VAE config has is_residual=True (the Wan 2.2 VAE); TheWorld's world encoder implements the Wan "
+                "2.1 VAE of Cosmos-Predict2. Point cosmos_model_name at a Cosmos-Predict2 pipeline."
+            )
+        if vae_config.get("patch_size"):
+            raise ValueError(
+                f"The VAE config has patch_size={vae_config['patch_size']}; TheWorld's world encoder implements the "
+                "unpatchified Wan 2.1 VAE of Cosmos-Predict2."
+            )
+        keys = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout")
+        values = {k: vae_config[k] for k in keys if vae_config.get(k) is not None}
+        for key in ("latents_mean", "latents_std"):
+            if vae_config.get(key) is not None:
+                values[key] = [float(v) for v in vae_config[key]]
+        if vae_config.get("in_channels") is not None:
+            values["in_channels"] = int(vae_config["in_channels"])
+        return cls(**values)
+
+
+#: Fields of `TheWorldConfig` that define the world architecture and cannot change when a checkpoint is loaded.
+ARCHITECTURE_FIELDS = (
+    "enable_world",
+    "world_image_size",
+    "world_pooling",
+    "world_projection_mode",
+    "projection_architecture",
+    "num_world_steps",
+    "max_world_steps",
+    "load_full_cosmos_pipeline",
+)
+#: Fields that may differ from the checkpoint at load time (multi-stage training, another copy of the bases).
+LOAD_TIME_FIELDS = (
+    "freeze_gemma_vision",
+    "freeze_gemma_language",
+    "freeze_cosmos_vae",
+    "gemma_model_name",
+    "gemma_revision",
+    "cosmos_model_name",
+    "cosmos_revision",
+    "world_attention",
+    "world_resize_mode",
+    "world_encoder_dtype",
+    "legacy_preprocessing",
+    "rollout_num_inference_steps",
+    "rollout_seed",
+    "rollout_guidance_scale",
+)
+#: Provenance keys, stored in ``config.base_models`` and reachable as attributes (``config.gemma_model_name`` ...).
+PROVENANCE_ATTRIBUTES = {
+    "gemma_model_name": ("gemma", "name"),
+    "gemma_revision": ("gemma", "revision"),
+    "cosmos_model_name": ("cosmos", "name"),
+    "cosmos_revision": ("cosmos", "revision"),
+}
+
+
+def default_base_models() -> dict[str, Any]:
+    """Provenance of a config that was not built from base weights: the real default bases, nothing pinned."""
+    return {
+        "gemma": {"name": DEFAULT_GEMMA, "revision": None, "fingerprints": {}},
+        "cosmos": {"name": DEFAULT_COSMOS, "revision": None, "fingerprints": {}},
+    }
+
+
+@auto_docstring(checkpoint="google/gemma-3-4b-it")
+@strict
+class TheWorldConfig(PreTrainedConfig):
+    r"""
+    world_config (`TheWorldEncoderConfig` or `dict`, *optional*):
+        The Wan 2.1 image encoder of Cosmos-Predict2 (the world encoder).
+    mm_tokens_per_image (`int`, *optional*, defaults to 256):
+        SigLIP tokens per image.
+    boi_token_index (`int`, *optional*, defaults to 255999):
+        Id of `<start_of_image>`.
+    eoi_token_index (`int`, *optional*, defaults to 256000):
+        Id of `<end_of_image>`.
+    enable_world (`bool`, *optional*, defaults to `True`):
+        `False` gives exactly Gemma 3.
+    world_image_size (`int`, *optional*, defaults to 512):
+        Side of the square image the world encoder sees, in pixels.
+    world_pooling (`int`, *optional*, defaults to 4):
+        Average-pooling factor of the latent grid before tokenisation (512 px, pooling 4: 16 x 16 = 256 tokens).
+    world_projection_mode (`str`, *optional*, defaults to `"spatial"`):
+        `"spatial"`: one token per latent position of `z` dims; `"channel"`: one token per latent channel of `h*w`
+        dims.
+    projection_architecture (`str`, *optional*, defaults to `"mlp"`):
+        `"mlp"`, `"mlp_no_final_gelu"` or `"linear"`.
+    world_attention (`str`, *optional*, defaults to `"bidirectional"`):
+        `"bidirectional"`: the world tokens of one block attend to each other, like Gemma 3's image tokens;
+        `"causal"`: left to right (theworld 0.1.0).
+    world_placement (`str`, *optional*, defaults to `"after_image"`):
+        Where the processor puts a world block: `"after_image"` (right after the image's SigLIP block, next to the
+        question) or `"after_bos"` (theworld 0.1.0).
+    world_resize_mode (`str`, *optional*, defaults to `"squash"`):
+        How the processor fits an image to the square world image: `"squash"` (the whole picture, like Gemma's own
+        resize), `"letterbox"` (padded to a square) or `"center_crop"` (theworld 0.1.0).
+    world_encoder_dtype (`str`, *optional*, defaults to `"float32"`):
+        Dtype of the world encoder whatever the model's dtype (the Wan VAE's recommended precision); `None` follows
+        the model.
+    legacy_preprocessing (`bool`, *optional*, defaults to `False`):
+        The earlier research code's input path: [0, 255] pixels squashed to 512 px, unnormalised latents.
+    num_world_steps (`int`, *optional*, defaults to 0):
+        Future latent frames predicted by the Cosmos DiT (0: the current frame only).
+    max_world_steps (`int`, *optional*, defaults to 16):
+        Upper bound for `num_world_steps`.
+    load_full_cosmos_pipeline (`bool`, *optional*, defaults to `False`):
+        Hold the Cosmos DiT even when `num_world_steps == 0`.
+    freeze_gemma_vision (`bool`, *optional*, defaults to `True`):
+        Keep SigLIP and the multimodal projector frozen.
+    freeze_gemma_language (`bool`, *optional*, defaults to `True`):
+        Keep the language model, its embeddings and `lm_head` frozen.
+    freeze_cosmos_vae (`bool`, *optional*, defaults to `True`):
+        Keep the world encoder frozen.
+    random_projection_init (`bool`, *optional*, defaults to `False`):
+        Initialise the world projector with `N(0, initializer_range)` instead of Xavier-uniform.
+    rollout_transformer_config (`dict`, *optional*):
+        The Cosmos Video2World DiT's diffusers config (rollout only).
+    rollout_scheduler_config (`dict`, *optional*):
+        The Cosmos scheduler's diffusers config (rollout only).
+    rollout_num_inference_steps (`int`, *optional*, defaults to 35):
+        Denoising steps of a rollout (the pipeline's default).
+    rollout_guidance_scale (`float`, *optional*, defaults to 7.0):
+        Classifier-free guidance of a rollout, with the pipeline's default negative prompt (1.0: none).
+    rollout_seed (`int`, *optional*, defaults to 0):
+        Seed of the rollout noise (rollouts are deterministic).
+    rollout_mode (`str`, *optional*, defaults to `"joint"`):
+        `"joint"`: the predicted frames are denoised together, as the Video2World pipeline does for
+        `num_frames = 1 + 4k`; `"autoregressive"`: one frame at a time (theworld 0.1.0).
+    start_of_world_token (`str`, *optional*, defaults to `"<start_of_world>"`):
+        Marker opening a world block.
+    end_of_world_token (`str`, *optional*, defaults to `"<end_of_world>"`):
+        Marker closing a world block.
+    world_token (`str`, *optional*, defaults to `"<world_soft_token>"`):
+        Placeholder of one world token.
+    start_of_world_token_id (`int`, *optional*, defaults to 262145):
+        Id of `<start_of_world>` (a spare row of Gemma 3's embedding matrix).
+    end_of_world_token_id (`int`, *optional*, defaults to 262146):
+        Id of `<end_of_world>`.
+    world_token_id (`int`, *optional*, defaults to 262147):
+        Id of `<world_soft_token>`.
+    base_models (`dict`, *optional*):
+        Provenance, not architecture: `{"gemma": {"name", "revision", "fingerprints"}, "cosmos": {...}}`, where the
+        base weights come from, pinned (fingerprints map each weight file, relative to the repo, to a content
+        fingerprint). Also reachable as `gemma_model_name`, `gemma_revision`, `cosmos_model_name`,
+        `cosmos_revision` and `base_fingerprints`.
+    checkpoint_kind (`str`, *optional*):
+        Provenance: `"partial"` (only what training changed) or `"full"`, set by `save_pretrained`.
+    checkpoint_format_version (`int`, *optional*, defaults to 2):
+        Provenance: the checkpoint format (1: theworld 0.1.0).
+    theworld_version (`str`, *optional*):
+        Provenance: the theworld version that wrote the config.
+
+    Unknown keyword arguments are kept as extra attributes, like any `PreTrainedConfig`; one that is a near-miss of a
+    TheWorld field (`world_pooing`) is refused with the field's name.
+
+    Example:
+
+    ```python
+    >>> from theworld import TheWorldConfig, TheWorldForConditionalGeneration
+
+    >>> configuration = TheWorldConfig()  # Gemma 3 and Cosmos-Predict2 2B geometry, 256 world tokens
+    >>> configuration.num_world_tokens
+    256
+    ```
     """
 
     model_type = "theworld"
+    attribute_map: ClassVar[dict[str, str]] = {
+        "image_token_id": "image_token_index",
+        "boi_token_id": "boi_token_index",
+        "eoi_token_id": "eoi_token_index",
+    }
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="gemma3_text"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
+        "world_config": TheWorldEncoderConfig,
+    }
 
-    gemma_model_name: str = DEFAULT_GEMMA
-    gemma_revision: str | None = None
-    cosmos_model_name: str = DEFAULT_COSMOS
-    cosmos_revision: str | None = None
-    base_fingerprints: dict | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    world_config: dict | PreTrainedConfig | None = None
+    mm_tokens_per_image: int = 256
+    boi_token_index: int = 255_999
+    eoi_token_index: int = 256_000
+    image_token_index: int = 262_144
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
     enable_world: bool = True
+    world_image_size: int = 512
+    world_pooling: int = 4
+    world_projection_mode: str = "spatial"
+    projection_architecture: str = "mlp"
+    world_attention: str = "bidirectional"
+    world_placement: str = "after_image"
+    world_resize_mode: str = "squash"
+    world_encoder_dtype: str | None = "float32"
+    legacy_preprocessing: bool = False
+    num_world_steps: int = 0
+    max_world_steps: int = 16
     load_full_cosmos_pipeline: bool = False
     freeze_gemma_vision: bool = True
     freeze_gemma_language: bool = True
     freeze_cosmos_vae: bool = True
-    num_world_steps: int = 0
-    max_world_steps: int = 16
     random_projection_init: bool = False
-    world_projection_mode: str = "spatial"
-    projection_architecture: str = "mlp"
-    world_image_size: int = 512
-    world_pooling: int = 1
-    vae_config: dict | None = None
-    transformer_config: dict | None = None
-    scheduler_config: dict | None = None
-    rollout_num_inference_steps: int = 4
+    rollout_transformer_config: dict | None = None
+    rollout_scheduler_config: dict | None = None
+    rollout_num_inference_steps: int = 35
+    rollout_guidance_scale: float = 7.0
     rollout_seed: int = 0
+    rollout_mode: str = "joint"
     start_of_world_token: str = "<start_of_world>"
     end_of_world_token: str = "<end_of_world>"
     world_token: str = "<world_soft_token>"
-    start_of_world_token_id: int | None = None
-    end_of_world_token_id: int | None = None
-    world_token_id: int | None = None
+    start_of_world_token_id: int | None = 262_145
+    end_of_world_token_id: int | None = 262_146
+    world_token_id: int | None = 262_147
+
+    base_models: dict | None = None
     checkpoint_kind: str | None = None
     checkpoint_format_version: int = CHECKPOINT_FORMAT_VERSION
     theworld_version: str = THEWORLD_VERSION
 
     def __post_init__(self, **kwargs):
-        unknown = sorted(
-            k
-            for k in kwargs
-            if not k.startswith("_")
-            and k not in _TRANSFORMERS_EXTRA_KEYS
-            and k not in GenerationConfig._get_default_generation_params()
-        )
-        if unknown:
-            raise ValueError(
-                f"TheWorldConfig got unknown field(s) {unknown}. Remove them from config.json, or upgrade theworld "
-                "if the checkpoint was written by a newer version."
-            )
+        if self.base_models is None:
+            self.base_models = default_base_models()
+        provenance = {k: kwargs.pop(k) for k in list(kwargs) if k in PROVENANCE_ATTRIBUTES or k == "base_fingerprints"}
+        own_fields = [f for f in self.__dataclass_fields__ if not f.startswith("_")]
+        for key in kwargs:
+            if key.startswith("_"):
+                continue
+            close = _closest(key, own_fields + list(PROVENANCE_ATTRIBUTES))
+            if close is not None and close != key:
+                raise ValueError(
+                    f"TheWorldConfig got the unknown field {key!r}; did you mean {close!r}? Fix the spelling (unknown "
+                    "fields that are not near-misses are kept as extra attributes)."
+                )
         super().__post_init__(**kwargs)
-        self.validate_world()
+        for key, value in provenance.items():
+            setattr(self, key, value)
+        self.check_world()
+
+    # ------------------------------------------------------------------ provenance accessors
+    def __getattr__(self, key: str) -> Any:
+        # Only reached when normal lookup fails: provenance lives in ``base_models``.
+        if key in PROVENANCE_ATTRIBUTES:
+            base, field = PROVENANCE_ATTRIBUTES[key]
+            return (self.__dict__.get("base_models") or default_base_models())[base].get(field)
+        if key == "base_fingerprints":
+            models = self.__dict__.get("base_models") or {}
+            return {base: dict(entry.get("fingerprints") or {}) for base, entry in models.items()}
+        raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in PROVENANCE_ATTRIBUTES:
+            base, field = PROVENANCE_ATTRIBUTES[key]
+            models = copy.deepcopy(self.__dict__.get("base_models") or default_base_models())
+            models.setdefault(base, {})[field] = value
+            super().__setattr__("base_models", models)
+            return
+        if key == "base_fingerprints":
+            models = copy.deepcopy(self.__dict__.get("base_models") or default_base_models())
+            for base, prints in (value or {}).items():
+                models.setdefault(base, {"name": None, "revision": None})["fingerprints"] = dict(prints or {})
+            super().__setattr__("base_models", models)
+            return
+        super().__setattr__(key, value)
 
     # ------------------------------------------------------------------ validation
-    def validate_world(self) -> None:
+    def check_world(self) -> None:
         """Raise `ValueError` naming the field when the world settings are invalid or contradictory."""
         if self.checkpoint_format_version > CHECKPOINT_FORMAT_VERSION:
             raise ValueError(
-                f"checkpoint_format_version={self.checkpoint_format_version} was written by a newer major version of "
-                f"theworld (this one reads format {CHECKPOINT_FORMAT_VERSION}, version {THEWORLD_VERSION}). "
-                "Upgrade with `pip install -U theworld`, or load it with trust_remote_code=True in a process that does "
-                "not import theworld, so that the checkpoint's own code is used."
+                f"checkpoint_format_version={self.checkpoint_format_version} was written by a newer theworld (this "
+                f"one, {THEWORLD_VERSION}, reads formats up to {CHECKPOINT_FORMAT_VERSION}). Upgrade with "
+                "`pip install -U theworld`, or load it with trust_remote_code=True in a process that does not import "
+                "theworld, so that the checkpoint's own code is used."
             )
-        if self.world_projection_mode not in WORLD_PROJECTION_MODES:
-            raise ValueError(
-                f"world_projection_mode must be one of {WORLD_PROJECTION_MODES}, got {self.world_projection_mode!r}."
-            )
-        if self.projection_architecture not in PROJECTION_ARCHITECTURES:
-            raise ValueError(
-                f"projection_architecture must be one of {PROJECTION_ARCHITECTURES}, "
-                f"got {self.projection_architecture!r}."
-            )
+        choices = {
+            "world_projection_mode": WORLD_PROJECTION_MODES,
+            "projection_architecture": PROJECTION_ARCHITECTURES,
+            "world_attention": WORLD_ATTENTIONS,
+            "world_placement": WORLD_PLACEMENTS,
+            "world_resize_mode": WORLD_RESIZE_MODES,
+            "rollout_mode": ROLLOUT_MODES,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
         if self.checkpoint_kind is not None and self.checkpoint_kind not in CHECKPOINT_KINDS:
             raise ValueError(f"checkpoint_kind must be one of {CHECKPOINT_KINDS} or None, got {self.checkpoint_kind!r}.")
+        if self.world_encoder_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"world_encoder_dtype must be 'float32', 'bfloat16', 'float16' or None, got {self.world_encoder_dtype!r}."
+            )
         if not self.enable_world and not self.freeze_cosmos_vae:
             raise ValueError(
-                "freeze_cosmos_vae=False contradicts enable_world=False: without the world there is no VAE to train. "
-                "Set enable_world=True or freeze_cosmos_vae=True."
+                "freeze_cosmos_vae=False contradicts enable_world=False: without the world there is no encoder to "
+                "train. Set enable_world=True or freeze_cosmos_vae=True."
             )
-        if not isinstance(self.max_world_steps, int) or self.max_world_steps < 0:
-            raise ValueError(f"max_world_steps must be a non-negative int, got {self.max_world_steps!r}.")
-        if not isinstance(self.num_world_steps, int) or not 0 <= self.num_world_steps <= self.max_world_steps:
+        if self.max_world_steps < 0:
+            raise ValueError(f"max_world_steps must be >= 0, got {self.max_world_steps}.")
+        if not 0 <= self.num_world_steps <= self.max_world_steps:
             raise ValueError(
-                f"num_world_steps must be an int in [0, max_world_steps={self.max_world_steps}], "
-                f"got {self.num_world_steps!r}. Lower num_world_steps (future latent frames to predict) or raise "
-                "max_world_steps."
+                f"num_world_steps must lie in [0, max_world_steps={self.max_world_steps}], got {self.num_world_steps}. "
+                "Lower num_world_steps (future latent frames to predict) or raise max_world_steps."
             )
-        if not isinstance(self.world_pooling, int) or self.world_pooling < 1:
-            raise ValueError(f"world_pooling must be an int >= 1, got {self.world_pooling!r}.")
-        if not isinstance(self.rollout_num_inference_steps, int) or self.rollout_num_inference_steps < 1:
+        if self.world_pooling < 1:
+            raise ValueError(f"world_pooling must be >= 1, got {self.world_pooling}.")
+        if self.rollout_num_inference_steps < 2:
             raise ValueError(
-                f"rollout_num_inference_steps must be an int >= 1, got {self.rollout_num_inference_steps!r}."
+                f"rollout_num_inference_steps must be >= 2 (the last Euler step of the Video2World schedule is a "
+                f"no-op), got {self.rollout_num_inference_steps}."
             )
-        _, factor = _vae_geometry(self.vae_config)
-        if not isinstance(self.world_image_size, int) or self.world_image_size < 16:
-            raise ValueError(f"world_image_size must be an int >= 16 pixels, got {self.world_image_size!r}.")
+        if self.world_image_size < 16:
+            raise ValueError(f"world_image_size must be >= 16 pixels, got {self.world_image_size}.")
+        factor = self.world_config.spatial_compression
         if self.world_image_size % (factor * self.world_pooling) != 0:
             raise ValueError(
-                f"world_image_size={self.world_image_size} must be divisible by the VAE's spatial compression "
-                f"({factor}) times world_pooling ({self.world_pooling})."
+                f"world_image_size={self.world_image_size} must be divisible by the world encoder's spatial "
+                f"compression ({factor}) times world_pooling ({self.world_pooling})."
             )
         if len({self.start_of_world_token, self.end_of_world_token, self.world_token}) != 3:
             raise ValueError("start_of_world_token, end_of_world_token and world_token must be three distinct strings.")
 
+    def validate_world(self):
+        """Part of the ``@strict`` validation run at save time."""
+        self.check_world()
+
     # ------------------------------------------------------------------ derived geometry
     @property
     def latent_channels(self) -> int:
-        """Channels ``z`` of one Cosmos latent frame."""
-        return _vae_geometry(self.vae_config)[0]
+        """Channels ``z`` of one latent frame."""
+        return self.world_config.z_dim
 
     @property
     def latent_grid_size(self) -> int:
         """Side of the (pooled) latent grid: ``world_image_size / (spatial compression * world_pooling)``."""
-        _, factor = _vae_geometry(self.vae_config)
-        return self.world_image_size // (factor * self.world_pooling)
+        return self.world_image_size // (self.world_config.spatial_compression * self.world_pooling)
 
     @property
     def num_world_frames(self) -> int:
@@ -233,7 +522,7 @@ class TheWorldConfig(Gemma3Config):
 
     @property
     def num_world_tokens(self) -> int:
-        """Number of ``<world_soft_token>`` placeholders between ``<start_of_world>`` and ``<end_of_world>``."""
+        """``<world_soft_token>`` placeholders between ``<start_of_world>`` and ``<end_of_world>`` per world block."""
         if not self.enable_world:
             return 0
         return self.num_world_frames * self.world_tokens_per_frame
@@ -243,25 +532,81 @@ class TheWorldConfig(Gemma3Config):
         """Whether the Cosmos DiT is part of the model (``num_world_steps > 0`` or ``load_full_cosmos_pipeline``)."""
         return self.enable_world and (self.num_world_steps > 0 or self.load_full_cosmos_pipeline)
 
-    def trainable_prefixes(self) -> list[str]:
-        """State-dict prefixes that training may change, derived from the freeze flags; what a partial checkpoint saves.
+    @property
+    def world_token_ids(self) -> tuple[int, int, int]:
+        """``(start_of_world_token_id, end_of_world_token_id, world_token_id)``."""
+        return (self.start_of_world_token_id, self.end_of_world_token_id, self.world_token_id)
 
-        With ``num_world_steps > 0`` it also lists the buffer ``world_rollout.prompt_embeds``: not trained, but the
-        fixed rollout prompt embedding computed once at the fresh build, which partial checkpoints carry so that loading
-        never needs the Cosmos text encoder (a buffer, so freeze flags and parameter counts are unaffected).
+    def trainable_prefixes(self) -> list[str]:
+        """State-dict prefixes that training may change, from the freeze flags: what a partial checkpoint saves.
+
+        With rollout it also lists the fixed text embeddings ``model.world_rollout.prompt_embeds`` and
+        ``negative_prompt_embeds`` (buffers computed once from the Cosmos T5 encoder), so that loading a partial
+        checkpoint never needs T5.
         """
         prefixes = []
         if self.enable_world:
-            prefixes += ["world_projector.", "world_boundary_embeddings."]
+            prefixes += ["model.world_projector.", "model.world_boundary_embeddings."]
             if self.num_world_steps > 0:
-                prefixes += ["world_step_embeddings.", "world_rollout.prompt_embeds"]
+                prefixes += ["model.world_step_embeddings."]
+            if self.rollout_enabled:
+                prefixes += ["model.world_rollout.prompt_embeds", "model.world_rollout.negative_prompt_embeds"]
             if not self.freeze_cosmos_vae:
-                prefixes += ["cosmos_vae.encoder.", "cosmos_vae.quant_conv."]
+                prefixes += ["model.world_encoder."]
         if not self.freeze_gemma_vision:
             prefixes += ["model.vision_tower.", "model.multi_modal_projector."]
         if not self.freeze_gemma_language:
             prefixes += ["model.language_model.", "lm_head."]
         return prefixes
 
+    # ------------------------------------------------------------------ serialisation
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The diff dict, always with the format version and provenance (a reader must know which format it has)."""
+        out = super().to_diff_dict()
+        out["checkpoint_format_version"] = self.checkpoint_format_version
+        out["theworld_version"] = self.theworld_version
+        out["base_models"] = copy.deepcopy(self.base_models)
+        return out
 
-__all__ = ["TheWorldConfig"]
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> TheWorldConfig:
+        """`PreTrainedConfig.from_dict`, reading theworld 0.1.0 configs (format 1) too."""
+        return super().from_dict(upgrade_config_dict(config_dict), **kwargs)
+
+
+def upgrade_config_dict(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """Turn a theworld 0.1.0 ``config.json`` (checkpoint format 1) into today's layout; other dicts pass unchanged.
+
+    Format 1 wrote Gemma 3's fields flat, the Wan VAE config as ``vae_config``, the DiT and scheduler configs as
+    ``transformer_config`` / ``scheduler_config``, and the provenance as flat fields; it omitted every value equal to
+    its default, so the 0.1.0 defaults (`FORMAT_1_DEFAULTS`) fill the gaps.
+    """
+    if config_dict.get("model_type") != "theworld" or int(config_dict.get("checkpoint_format_version", 1)) >= 2:
+        return config_dict
+    data = copy.deepcopy(config_dict)
+    for key, value in FORMAT_1_DEFAULTS.items():
+        data.setdefault(key, value)
+    vae = data.pop("vae_config", None)
+    if vae is not None and "world_config" not in data:
+        data["world_config"] = TheWorldEncoderConfig.from_vae_config(vae).to_dict()
+    if "transformer_config" in data:
+        data["rollout_transformer_config"] = data.pop("transformer_config")
+    if "scheduler_config" in data:
+        data["rollout_scheduler_config"] = data.pop("scheduler_config")
+    base_models = default_base_models()
+    for key, (base, field) in PROVENANCE_ATTRIBUTES.items():
+        if key in data:
+            base_models[base][field] = data.pop(key)
+    subfolders = {"gemma": "", "cosmos_vae": "vae/", "cosmos_transformer": "transformer/", "cosmos_text_encoder": "text_encoder/"}
+    for part, prints in (data.pop("base_fingerprints", None) or {}).items():
+        base = "gemma" if part == "gemma" else "cosmos"
+        for name, value in (prints or {}).items():
+            base_models[base]["fingerprints"][subfolders.get(part, part + "/") + name] = value
+    data["base_models"] = base_models
+    for key in ("architectures", "auto_map"):
+        data.pop(key, None)
+    data["checkpoint_format_version"] = CHECKPOINT_FORMAT_VERSION
+    return data
+
+
+__all__ = ["TheWorldConfig", "TheWorldEncoderConfig"]

@@ -40,7 +40,7 @@ def check_checkpoint_folder(folder: str) -> list[str]:
     Raises `FileNotFoundError` / `ValueError` naming the problem: no folder, no or foreign ``config.json``, missing or
     corrupt safetensors weights.
     """
-    from theworld.modeling_theworld import STAGING_PREFIX, read_safetensors_header, weight_files
+    from theworld.checkpoint_theworld import SafetensorsFile, weight_files
 
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder} is not a folder; pass the folder that TheWorld.save_pretrained wrote.")
@@ -54,10 +54,10 @@ def check_checkpoint_folder(folder: str) -> list[str]:
             f"{config_path} has model_type {model_type!r}, not 'theworld'; `theworld push` uploads TheWorld checkpoints."
         )
     for path in weight_files(folder, "model"):
-        read_safetensors_header(path)  # raises on truncated or corrupt files
+        SafetensorsFile(path)  # raises on truncated or corrupt files
     files = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(STAGING_PREFIX))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             rel = os.path.relpath(os.path.join(root, name), folder)
             if name.endswith(PICKLE_SUFFIXES):
@@ -78,8 +78,6 @@ def push_folder(
     token: str | None = None,
 ):
     """Check ``folder`` and upload it to ``repo_id`` as one commit; return huggingface_hub's ``CommitInfo``."""
-    from theworld.modeling_theworld import upload_checkpoint_folder
-
     check_checkpoint_folder(folder)
     return upload_checkpoint_folder(
         folder,
@@ -92,6 +90,92 @@ def push_folder(
         token=token,
         ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES],
     )
+
+
+def upload_checkpoint_folder(folder: str, repo_id: str, **kwargs):
+    """Create ``repo_id`` (if needed) and upload ``folder`` as one commit through huggingface_hub."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=kwargs.pop("token", None))
+    private = kwargs.pop("private", None)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=kwargs.pop("commit_message", None) or "Upload TheWorld checkpoint",
+        revision=kwargs.pop("revision", None),
+        create_pr=kwargs.pop("create_pr", False),
+        path_in_repo=kwargs.pop("path_in_repo", None),
+        ignore_patterns=[".*", ".*/**", *(kwargs.pop("ignore_patterns", None) or [])],
+    )
+
+
+def model_card(model, kind: str, saved: dict) -> str:
+    """A ``README.md`` model card: base models, what was trained, parameter counts and how to load it."""
+    from theworld.checkpoint_theworld import parameter_counts
+
+    cfg = model.config
+    trainable, total = parameter_counts(model)
+    pct = 100.0 * trainable / max(total, 1)
+    nbytes = sum(t.numel() * t.element_size() for t in saved.values())
+    modules: dict[str, int] = {}
+    for key, tensor in saved.items():
+        parts = key.split(".")
+        top = ".".join(parts[:2]) if parts[0] == "model" else parts[0]
+        modules[top] = modules.get(top, 0) + tensor.numel()
+    rows = "\n".join(f"| `{m}` | {n:,} |" for m, n in sorted(modules.items())) or "| (every weight: full checkpoint) | |"
+    return f"""---
+library_name: transformers
+pipeline_tag: image-text-to-text
+base_model:
+- {cfg.gemma_model_name}
+- {cfg.cosmos_model_name}
+tags:
+- theworld
+- world-model
+- custom_code
+---
+
+# TheWorld checkpoint ({kind})
+
+Gemma 3 fused with the Cosmos-Predict2 world model: Cosmos latents of each input image become
+{cfg.num_world_tokens} world tokens between `<start_of_world>` and `<end_of_world>`.
+
+| | |
+|---|---|
+| Gemma base | `{cfg.gemma_model_name}` @ `{cfg.gemma_revision or "local"}` |
+| Cosmos base | `{cfg.cosmos_model_name}` @ `{cfg.cosmos_revision or "local"}` |
+| world tokens | {cfg.world_projection_mode} / {cfg.projection_architecture}, image {cfg.world_image_size}px, pooling {cfg.world_pooling}, rollout steps {cfg.num_world_steps}, {cfg.world_attention} attention, placed {cfg.world_placement} |
+| frozen | vision={cfg.freeze_gemma_vision}, language={cfg.freeze_gemma_language}, cosmos_vae={cfg.freeze_cosmos_vae} |
+| trainable parameters | {trainable:,} of {total:,} ({pct:.4f}%) |
+| saved tensors | {sum(t.numel() for t in saved.values()):,} elements, {nbytes:,} bytes |
+
+## What was trained
+
+| module | parameters saved |
+|---|---|
+{rows}
+
+## Load
+
+```python
+from transformers import AutoModel, AutoProcessor
+
+# Pin the revision: trust_remote_code runs this repository's Python code.
+model = AutoModel.from_pretrained("REPO_OR_DIR", trust_remote_code=True, revision="COMMIT_SHA")
+processor = AutoProcessor.from_pretrained("REPO_OR_DIR", trust_remote_code=True, revision="COMMIT_SHA")
+```
+
+With `pip install theworld`, no remote code is needed: `import theworld`, then `AutoModel.from_pretrained("REPO_OR_DIR")`.
+A partial checkpoint loads its base models (`{cfg.gemma_model_name}` and the VAE encoder of
+`{cfg.cosmos_model_name}`) at the pinned revisions and checks their fingerprints.
+"""
+
+
+def write_model_card(model, folder: str, kind: str, saved: dict) -> None:
+    """Write ``README.md`` into a checkpoint folder being saved (registered as a save hook by ``import theworld``)."""
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(model, kind, saved))
 
 
 def run(args: argparse.Namespace) -> int:

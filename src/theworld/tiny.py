@@ -20,6 +20,8 @@ Size presets (parameters, with the current tokenizers):
 * ``"tiny"``: Gemma 0.16M (text 64 wide x 2 layers, SigLIP 32 x 2, 64 px images, 16 tokens per image), Wan VAE 2.6M
   (base_dim 16), Cosmos DiT 55K (2 heads x 16, 2 layers), T5 encoder 27K (d_model 32, 1 layer);
 * ``"small"``: Gemma 4.3M (256 x 4, SigLIP 64 x 2, 64 px), VAE 2.6M, DiT 0.69M (4 x 32, 2 layers), T5 0.14M;
+* ``"tiny-real"``: ``"tiny"`` with Gemma 3 4B's structure: 6 layers, 5 sliding-window layers (window 32, shorter than
+  the test prompts) per global layer, and the hub checkpoint's key layout (``language_model.model.*``);
 * ``"base100m"``: Gemma 116M (768 x 12, intermediate 3072, vocab padded to 8192, SigLIP 256 x 4, 224 px / patch 14,
   64 tokens per image), VAE 14M (base_dim 32, 2 res blocks), DiT 18M (8 x 64, 4 layers), T5 0.47M.
 
@@ -48,7 +50,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["SIZES", "TinyBases", "build_tiny_bases", "GEMMA_SPECIAL_TOKENS", "GEMMA_CHAT_TEMPLATE"]
 
 # Bump when the layout or the weight recipe changes, so that stale caches are rebuilt.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+#: Embedding rows past the tokenizer that every preset keeps free. Gemma 3 4B has 63 (262,208 rows for 262,145 tokens),
+#: so the three world tokens TheWorld adds get real rows, as they do there.
+SPARE_EMBEDDING_ROWS = 3
 _MARKER = ".tiny_bases.json"
 
 
@@ -93,6 +98,13 @@ class _Preset:
     dit_head_dim: int
     dit_layers: int
     dit_adaln_lora_dim: int
+    # Gemma 3's attention layout: every ``sliding_pattern``-th layer is global, the others slide over
+    # ``sliding_window`` tokens (0: every layer global).
+    sliding_window: int = 2048
+    sliding_pattern: int = 0
+    # Save Gemma's weights with the key layout of the hub checkpoint (``language_model.model.*``, ``vision_tower.*``),
+    # which transformers renames on load, instead of transformers 5.x's own (``model.language_model.*``).
+    hub_key_layout: bool = False
 
 
 _PRESETS: dict[str, _Preset] = {
@@ -123,15 +135,27 @@ _PRESETS: dict[str, _Preset] = {
     ),
 }
 
+# The real structure of Gemma 3 4B at tiny size: 5 sliding-window layers per global layer, a window (32) shorter than
+# the prompts of the tests, spare embedding rows after <image_soft_token>, and the hub's checkpoint key layout.
+_PRESETS["tiny-real"] = _Preset(
+    hidden=64, layers=6, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab_multiple=64, min_vocab=0,
+    vision_hidden=32, vision_layers=2, vision_heads=2, vision_intermediate=64, image_size=64, patch_size=8,
+    mm_tokens_per_image=16,
+    vae_base_dim=16, vae_res_blocks=1,
+    t5_d_model=32, t5_layers=1, t5_heads=4, t5_d_kv=8, t5_d_ff=64,
+    dit_heads=2, dit_head_dim=16, dit_layers=2, dit_adaln_lora_dim=16,
+    sliding_window=32, sliding_pattern=6, hub_key_layout=True,
+)  # fmt: skip
+
 SIZES: tuple[str, ...] = tuple(_PRESETS)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Tokenizers
 # ----------------------------------------------------------------------------------------------------------------------
 
-#: Gemma 3's special tokens, in id order (ids 0..9 in the tiny tokenizer; the real one spreads them out but keeps
-#: this order: pad 0, eos 1, bos 2, unk 3, mask 4, start_of_turn 105, end_of_turn 106, start_of_image 255999,
-#: end_of_image 256000, image_soft_token 262144).
+#: Gemma 3's special tokens, in id order (the tiny tokenizer gives the first nine ids 0..8 and <image_soft_token> the
+#: last id, after its trained vocabulary; the real one: pad 0, eos 1, bos 2, unk 3, mask 4, start_of_turn 105,
+#: end_of_turn 106, start_of_image 255999, end_of_image 256000, image_soft_token 262144 = its last id).
 GEMMA_SPECIAL_TOKENS: tuple[str, ...] = (
     "<pad>",
     "<eos>",
@@ -243,13 +267,14 @@ def _build_gemma_backend():
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
 
     vocab: dict[str, int] = {}
-    for tok in GEMMA_SPECIAL_TOKENS:
+    for tok in GEMMA_SPECIAL_TOKENS[:-1]:
         vocab[tok] = len(vocab)
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
     for tok, _ in sorted(trained_vocab.items(), key=lambda kv: kv[1]):
         if tok not in vocab:
             vocab[tok] = len(vocab)
+    vocab[GEMMA_SPECIAL_TOKENS[-1]] = len(vocab)  # <image_soft_token> is the last id, as in Gemma 3 (262144)
 
     backend = Tokenizer(
         BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True, dropout=None)
@@ -449,8 +474,16 @@ def _build_gemma(path: Path, preset: _Preset, seed: int) -> int:
 
     tokenizer = _build_gemma_tokenizer()
     n_tok = len(tokenizer)
-    vocab_size = max(preset.min_vocab, -(-n_tok // preset.vocab_multiple) * preset.vocab_multiple)
+    padded = n_tok + SPARE_EMBEDDING_ROWS
+    vocab_size = max(preset.min_vocab, -(-padded // preset.vocab_multiple) * preset.vocab_multiple)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA_SPECIAL_TOKENS}
+    if preset.sliding_pattern:
+        layer_types = [
+            "full_attention" if (i + 1) % preset.sliding_pattern == 0 else "sliding_attention"
+            for i in range(preset.layers)
+        ]
+    else:
+        layer_types = ["full_attention"] * preset.layers
 
     text_config = Gemma3TextConfig(
         vocab_size=vocab_size,
@@ -462,8 +495,8 @@ def _build_gemma(path: Path, preset: _Preset, seed: int) -> int:
         head_dim=preset.head_dim,
         query_pre_attn_scalar=preset.head_dim,
         max_position_embeddings=2048,
-        sliding_window=2048,
-        layer_types=["full_attention"] * preset.layers,
+        sliding_window=preset.sliding_window,
+        layer_types=layer_types,
         rope_parameters={
             "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
@@ -504,6 +537,8 @@ def _build_gemma(path: Path, preset: _Preset, seed: int) -> int:
     with torch.no_grad():
         model.get_input_embeddings().weight[n_tok:] *= 0.01
     model.save_pretrained(path, safe_serialization=True)
+    if preset.hub_key_layout:
+        _to_hub_key_layout(path / "model.safetensors")
 
     GenerationConfig(
         bos_token_id=ids["<bos>"],
@@ -520,6 +555,32 @@ def _build_gemma(path: Path, preset: _Preset, seed: int) -> int:
     processor.save_pretrained(path)
     _patch_gemma_configs(path)
     return _num_params(model)
+
+
+#: transformers 5.x key prefixes -> the layout of the Gemma 3 checkpoints on the hub (renamed back on load).
+_HUB_KEY_PREFIXES = (
+    ("model.language_model.", "language_model.model."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+)
+
+
+def _to_hub_key_layout(weights: Path) -> None:
+    """Rewrite a Gemma 3 ``model.safetensors`` with the hub checkpoint's key names."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {}
+        for key in f.keys():
+            name = key
+            for new, old in _HUB_KEY_PREFIXES:
+                if key.startswith(new):
+                    name = old + key[len(new) :]
+                    break
+            tensors[name] = f.get_tensor(key)
+    save_file(tensors, str(weights), metadata=metadata)
 
 
 def _patch_gemma_configs(path: Path) -> None:
@@ -689,7 +750,7 @@ def build_tiny_bases(out_dir: str | os.PathLike[str], seed: int = 0, size: str =
     built offline. ``Cosmos2VideoToWorldPipeline.from_pretrained`` therefore needs an explicit ``safety_checker=``
     argument; loading the components one by one with ``subfolder=`` needs nothing.
 
-    ``size`` is one of :data:`SIZES` (``"tiny"``, ``"small"``, ``"base100m"``). All weights are float32 and set from
+    ``size`` is one of :data:`SIZES` (``"tiny"``, ``"small"``, ``"tiny-real"``, ``"base100m"``). All weights are float32 and set from
     ``torch.Generator``\\ s seeded by ``seed`` (every floating tensor is non-zero, including Gemma's RMSNorm weights and
     multimodal projection, which transformers itself initialises to zero), so equal ``(seed, size)`` give
     byte-identical ``*.safetensors``. Gemma's ``vocab_size`` is the tokenizer length rounded up (the real model pads

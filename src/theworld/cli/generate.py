@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from .cli import echo as _echo
+from . import echo as _echo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from .cli import echo as _echo
+from . import echo as _echo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
-"""The ``theworld`` command line: ``theworld demo | train | eval | generate | inspect | export | push``.
+"""The ``theworld`` command line: ``theworld demo | train | eval | generate | inspect | export | push | tiny | plan``.
 
-Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``. Modules
-are imported only when their subcommand runs, so ``theworld --help`` stays fast.
+Each subcommand is a module of this package providing ``add_arguments(parser)`` and ``run(args) -> int``; it uses the
+library (``theworld.*``), which never imports the command line. Modules are imported only when their subcommand runs,
+so ``theworld --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import logging
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("theworld.demo", "Offline demo: tiny bases, synthetic data, train TheWorld and a baseline, evaluate."),
-    "train": ("theworld.training", "Train TheWorld from a yaml/json config (works under `accelerate launch`)."),
-    "eval": ("theworld.evaluation", "Evaluate a checkpoint on VSR-style data (generation or logit scoring)."),
-    "generate": ("theworld.generate_cmd", "Generate an answer for an image and a prompt."),
-    "inspect": ("theworld.inspect_cmd", "Describe a checkpoint folder or hub repo."),
-    "export": ("theworld.export_cmd", "Re-save a checkpoint (partial or full)."),
-    "push": ("theworld.hub", "Upload a checkpoint folder to the hub."),
-    "tiny": ("theworld.tiny", "Build tiny seeded base models in hub layout."),
+    "demo": ("theworld.cli.demo", "Offline demo: tiny bases, synthetic data, train TheWorld and a baseline, evaluate."),
+    "train": ("theworld.cli.train", "Train TheWorld from a yaml/json config (works under `accelerate launch`)."),
+    "eval": ("theworld.cli.eval", "Evaluate a checkpoint on VSR-style data (generation or logit scoring)."),
+    "generate": ("theworld.cli.generate", "Generate an answer for an image and a prompt."),
+    "inspect": ("theworld.cli.inspect", "Describe a checkpoint folder or hub repo."),
+    "export": ("theworld.cli.export", "Re-save a checkpoint (partial or full)."),
+    "push": ("theworld.cli.push", "Upload a checkpoint folder to the hub."),
+    "tiny": ("theworld.cli.tiny", "Build tiny seeded base models in hub layout."),
+    "plan": ("theworld.cli.plan", "Plan a TheWorld setting at real scale: tokens, attention reach, memory, sizes."),
 }
 
 

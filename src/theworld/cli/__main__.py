@@ -1,0 +1,5 @@
+"""``python -m theworld.cli``."""
+
+from theworld.cli import main
+
+raise SystemExit(main())
