@@ -1,12 +1,12 @@
 # Two entry points, each doing all of its own set-up on a fresh machine:
 #   make demo   -> builds .venv, installs everything, runs the offline demo (theworld demo)
-#   make test   -> builds .venv, installs everything, runs ruff and the whole test suite
+#   make test   -> builds .venv, installs everything, runs the linters (make lint) and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/theworld demo --out demo_out
 
-test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+# ruff; transformers' structure linter (mlinter) on the remote-code files shipped with every checkpoint: the three
+# with standard names directly, the other three as modeling files (tools/lint_remote_code.py); any violation fails.
+REMOTE_CODE := $(addprefix src/theworld/,configuration_theworld.py modeling_theworld.py processing_theworld.py)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/mlinter --no-progress --no-cache $(REMOTE_CODE)
+	$(BIN)/python tools/lint_remote_code.py
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,16 +1,21 @@
 """Rollout cost: encode time and fused forward time for num_world_steps k = 0, 1, 2, 4.
 
 Target (issue 4): cost linear in k. The per-step increment measured at k = 4, ``(t4 - t0) / 4``, is within 1.2x of the
-one at k = 1, ``(t1 - t0) / 1``. Also printed: the least-squares growth per step over all k.
+one at k = 1, ``(t1 - t0) / 1``. Also printed: the least-squares growth per step over all k, and the DiT calls per
+encode (``rollout_mode="joint"``, the default: ``rollout_num_inference_steps`` calls on ``1 + k`` frames, twice that
+with classifier-free guidance; ``"autoregressive"`` (theworld 0.1.0): that many calls on 2 frames for each of the k
+steps).
 
 Usage::
 
-    python benchmarks/rollout_bench.py                 # tiny bases, batch 2, 4 denoising steps
+    python benchmarks/rollout_bench.py                 # tiny bases, batch 2, 4 denoising steps, joint rollout
+    python benchmarks/rollout_bench.py --mode autoregressive --guidance 1.0
     python benchmarks/rollout_bench.py --size small --repeats 9
     python benchmarks/rollout_bench.py --clock wall --threads 2   # wall clock (noisy on a shared machine)
 
-On a CPU device the default clock is the process CPU time with one thread: on a shared machine, wall time mostly
-measures the other processes. Every k is measured round-robin, best of ``--repeats``.
+The world image is ``--image-size`` px at ``--world-pooling`` (default 1: 64 world tokens per frame at 64 px, 0.1.0's
+setting). On a CPU device the default clock is the process CPU time with one thread: on a shared machine, wall time
+mostly measures the other processes. Every k is measured round-robin, best of ``--repeats``.
 
 Exit status 1 when the target is missed (``--no-check`` to always exit 0).
 """
@@ -53,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default=os.path.join(tempfile.gettempdir(), "theworld-bench-bases"))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--world-pooling", type=int, default=1, help="world_pooling (default 1)")
     parser.add_argument("--steps", type=int, default=4, help="rollout_num_inference_steps")
+    parser.add_argument("--mode", choices=("joint", "autoregressive"), default="joint", help="rollout_mode")
+    parser.add_argument("--guidance", type=float, default=7.0, help="rollout_guidance_scale (1.0: no guidance)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
@@ -81,14 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     images = _images(args.batch)
 
-    runs, tokens = {}, {}
+    runs, tokens, calls = {}, {}, {}
     for k in KS:
         model = TheWorld.from_pretrained(
             bases.gemma,
             cosmos_model_name=bases.cosmos,
             world_image_size=args.image_size,
+            world_pooling=args.world_pooling,
             num_world_steps=k,
             rollout_num_inference_steps=args.steps,
+            rollout_mode=args.mode,
+            rollout_guidance_scale=args.guidance,
         ).to(device)
         convs = [
             [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": "What next?"}]}]
@@ -110,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
         runs[k] = {"encode": encode, "fused forward": forward}
         tokens[k] = (model.config.num_world_tokens, batch["input_ids"].shape[1])
+        calls[k] = 0
+        if k:  # DiT calls of one encode
+            counter = []
+            handle = model.model.world_rollout.transformer.register_forward_hook(lambda *a, c=counter: c.append(1))
+            encode()
+            handle.remove()
+            calls[k] = len(counter)
 
     # Round-robin over k, best of `repeats`: background load on a shared machine hits every k alike.
     samples: dict[str, dict[int, list[float]]] = {name: {k: [] for k in KS} for name in ("encode", "fused forward")}
@@ -129,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     out.write(
         f"rollout benchmark: size={args.size} batch={args.batch} world_image_size={args.image_size} "
-        f"denoising steps={args.steps} device={device} threads={args.threads} clock={args.clock} "
+        f"denoising steps={args.steps} mode={args.mode} guidance={args.guidance} device={device} "
+        f"threads={args.threads} clock={args.clock} "
         f"repeats={args.repeats} (best of, round-robin over k)\n"
     )
-    out.write(f"{'k':>3} {'world tokens':>13} {'seq len':>8} {'encode ms':>10} {'fused forward ms':>17}\n")
+    out.write(f"{'k':>3} {'world tokens':>13} {'seq len':>8} {'DiT calls':>10} {'encode ms':>10} {'fused forward ms':>17}\n")
     for k in KS:
-        out.write(f"{k:>3} {tokens[k][0]:>13} {tokens[k][1]:>8} {encode_t[k] * 1e3:>10.2f} {forward_t[k] * 1e3:>17.2f}\n")
+        out.write(
+            f"{k:>3} {tokens[k][0]:>13} {tokens[k][1]:>8} {calls[k]:>10} {encode_t[k] * 1e3:>10.2f} "
+            f"{forward_t[k] * 1e3:>17.2f}\n"
+        )
 
     ok = True
     for name, t in (("encode", encode_t), ("fused forward", forward_t)):

@@ -5,7 +5,7 @@
 2. Samples per second of `theworld train` on 1 process and under `accelerate launch` with 2 processes (same global
    batch), each in its own subprocess.
 
-    python benchmarks/train_bench.py [--steps 12] [--batch-size 16] [--skip-processes] [--json out.json]
+    python benchmarks/train_bench.py [--steps 12] [--batch-size 16] [--threads 1] [--skip-processes] [--json out.json]
 
 Step times are medians over the steps after ``--warmup`` (from ``metrics.jsonl``, one record per step).
 """
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the timing")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch")
     parser.add_argument("--image-size", type=int, default=64, help="world image size (the VAE's input)")
+    parser.add_argument("--world-pooling", type=int, default=1, help="world_pooling (1: 64 world tokens at 64 px)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPU cores)")
     parser.add_argument("--skip-processes", action="store_true", help="skip the 1 vs 2 process comparison")
     parser.add_argument("--json", default=None, help="also write the numbers to this json file")
     args = parser.parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from theworld.tiny import build_tiny_bases
     from theworld.training import TrainConfig, Trainer
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     work = args.work or tempfile.mkdtemp(prefix="theworld-train-bench-")
     bases = build_tiny_bases(os.path.join(work, "bases"))
     n = args.steps * args.batch_size
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     common = dict(
         gemma_model_name=bases.gemma, cosmos_model_name=bases.cosmos, world_image_size=args.image_size,
-        train_file=data["train"], max_steps=args.steps, learning_rate=1e-3, logging_steps=1, progress_bar=False,
+        world_pooling=args.world_pooling, train_file=data["train"], max_steps=args.steps, learning_rate=1e-3, logging_steps=1, progress_bar=False,
         overwrite_output_dir=True,
     )
     results: dict = {"device": "cpu", "threads": torch.get_num_threads(), "global_batch": args.batch_size}

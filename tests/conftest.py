@@ -25,17 +25,38 @@ def tiny_bases(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def world_model_factory(tiny_bases):
-    """Build a fresh TheWorld around the tiny bases: ``factory(seed=0, **overrides)``."""
+def tiny_real_bases(tmp_path_factory):
+    """``TinyBases`` of the ``tiny-real`` preset: Gemma 3 4B's structure (5 sliding-window layers per global layer,
+    window 32, spare embedding rows after <image_soft_token>, the hub's checkpoint key layout) at tiny size."""
+    from theworld.tiny import build_tiny_bases
+
+    return build_tiny_bases(str(tmp_path_factory.mktemp("bases-real")), seed=0, size="tiny-real")
+
+
+def _factory(bases):
     from theworld import TheWorld
 
     def build(seed: int = 0, **overrides):
-        overrides.setdefault("cosmos_model_name", tiny_bases.cosmos)
+        overrides.setdefault("cosmos_model_name", bases.cosmos)
         overrides.setdefault("world_image_size", 64)
+        overrides.setdefault("world_pooling", 1)
         torch.manual_seed(seed)
-        return TheWorld.from_pretrained(tiny_bases.gemma, **overrides)
+        return TheWorld.from_pretrained(bases.gemma, **overrides)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def world_model_factory(tiny_bases):
+    """Build a fresh TheWorld around the tiny bases: ``factory(seed=0, **overrides)`` (64 px world image, pooling 1:
+    64 world tokens, unless overridden)."""
+    return _factory(tiny_bases)
+
+
+@pytest.fixture(scope="session")
+def real_world_model_factory(tiny_real_bases):
+    """`world_model_factory` over the ``tiny-real`` bases."""
+    return _factory(tiny_real_bases)
 
 
 @pytest.fixture(scope="session")

@@ -69,10 +69,15 @@ def test_batch_holds_world_pixels_and_token_types(world_model, examples):
     batch = VSRCollator(proc)(examples)
     cfg = world_model.config
     assert batch["world_pixel_values"].shape == (2, 3, cfg.world_image_size, cfg.world_image_size)
-    torch.testing.assert_close(batch["world_pixel_values"], proc.preprocess_world_images([e["image"] for e in examples]))
+    torch.testing.assert_close(batch["world_pixel_values"], proc.world_pixel_values([e["image"] for e in examples]))
     assert batch["pixel_values"].shape[0] == 2
-    # token_type_ids mark exactly the SigLIP image tokens (Gemma 3's bidirectional image attention needs them)
+    # token_type_ids mark exactly the SigLIP image tokens (1) and the world tokens (2): the bidirectional blocks
     assert torch.equal(batch["token_type_ids"] == 1, batch["input_ids"] == cfg.image_token_id)
+    assert torch.equal(batch["token_type_ids"] == 2, batch["input_ids"] == cfg.world_token_id)
+    assert set(batch["token_type_ids"].unique().tolist()) == {0, 1, 2}
+    # the world block follows the image's SigLIP block (world_placement "after_image")
+    for row in batch["input_ids"].tolist():
+        assert row[row.index(cfg.start_of_world_token_id) - 1] == cfg.eoi_token_id
     assert ((batch["input_ids"] == cfg.world_token_id).sum(-1) == cfg.num_world_tokens).all()
     assert (batch["labels"][batch["input_ids"] == cfg.world_token_id] == -100).all()
 
@@ -105,7 +110,7 @@ def test_prompt_mode_left_pads_and_ends_with_the_generation_prompt(world_model, 
 def test_cached_latents_replace_world_pixels(world_model, examples):
     proc = world_model.processor
     with torch.no_grad():
-        latents = world_model.encode_world(proc.preprocess_world_images([e["image"] for e in examples]))
+        latents = world_model.encode_world(proc.world_pixel_values([e["image"] for e in examples]))
     cached = [{**ex, "world_latents": latents[i]} for i, ex in enumerate(examples)]
     batch = VSRCollator(proc)(cached)
     assert "world_pixel_values" not in batch

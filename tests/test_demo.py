@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
+from theworld.cli import main
 from theworld.demo import RESULT_KEYS
 
 
-def test_demo_cli_writes_results_report_and_reloads_identically(tiny_bases, tmp_path):
+def test_demo_cli_writes_results_report_and_reloads_identically(tiny_bases, tmp_path, capsys):
     out = tmp_path / "demo"
     bases = os.path.dirname(tiny_bases.gemma)  # reuse the session's tiny bases (same seed and size)
-    proc = subprocess.run(
-        [sys.executable, "-m", "theworld.cli", "demo", "--out", str(out), "--bases", bases, "--num-train", "48",
-         "--num-test", "16", "--steps", "4", "--batch-size", "8", "--eval-batch-size", "16", "--warmup-steps", "1"],
-        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    rc = main(["demo", "--out", str(out), "--bases", bases, "--num-train", "48", "--num-test", "16", "--steps", "4",
+               "--batch-size", "8", "--eval-batch-size", "16", "--warmup-steps", "1"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert tuple(results) == RESULT_KEYS
     for key in RESULT_KEYS[:-1]:
@@ -36,9 +33,17 @@ def test_demo_cli_writes_results_report_and_reloads_identically(tiny_bases, tmp_
     for png in ("theworld_loss.png", "baseline_loss.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     for line in ("majority class", "Gemma-only baseline", "world features zeroed", "world features shuffled"):
-        assert line in proc.stdout
+        assert line in stdout
     # the saved checkpoint is the one the reload used, and AutoModel loads it here too
     from transformers import AutoModel
 
+    from theworld.checkpoint_theworld import parameter_counts
+
     model = AutoModel.from_pretrained(details["checkpoint"])
-    assert model.config.enable_world and model.get_trainable_parameters()[0] > 0
+    assert model.config.enable_world and parameter_counts(model)[0] > 0
+    # the world settings the demo relies on are set explicitly, whatever the model's defaults
+    cfg = model.config
+    assert (cfg.world_image_size, cfg.world_pooling, cfg.world_projection_mode) == (64, 1, "channel")
+    assert (cfg.world_placement, cfg.world_attention, cfg.num_world_tokens) == ("after_image", "bidirectional", 16)
+    assert set(details["targets"]) == {"theworld_vs_majority", "zero_drop", "shuffle_drop"}
+    assert "checks: theworld_vs_majority" in stdout

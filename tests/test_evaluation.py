@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -87,7 +84,7 @@ def test_ablations_replace_the_world_features(world_model, test_set):
     items = [ds[i] for i in range(len(ds))]
     proc = world_model.processor
     with torch.no_grad():
-        latents = world_model.encode_world(proc.preprocess_world_images([it["image"] for it in items]))
+        latents = world_model.encode_world(proc.world_pixel_values([it["image"] for it in items]))
     zero = evaluate(world_model, ds, ablation="zero", batch_size=4)
     d = world_model.config.text_config.hidden_size
     expected = answer_logits(world_model, items, world_embeds_override=torch.zeros(6, world_model.config.num_world_tokens, d))
@@ -129,18 +126,19 @@ def test_evaluation_errors(world_model, world_model_factory, test_set):
     assert evaluate(gemma, ds)["n"] == 6
 
 
-def test_eval_cli_writes_metrics_and_predictions(world_model, test_set, tmp_path):
+def test_eval_cli_writes_metrics_and_predictions(world_model, test_set, tmp_path, capsys):
+    from theworld.cli import main
+
     data, ds = test_set
     ckpt = tmp_path / "ckpt"
     world_model.save_pretrained(str(ckpt))
     out = tmp_path / "eval"
-    proc = subprocess.run(
-        [sys.executable, "-m", "theworld.cli", "eval", "--checkpoint", str(ckpt), "--data", data, "--ablation",
-         "shuffle", "--batch-size", "4", "--seed", "7", "--out", str(out), "--latent-cache", str(tmp_path / "cache")],
-        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "accuracy" in proc.stdout and "confusion" in proc.stdout
+    rc = main(["eval", "--checkpoint", str(ckpt), "--data", data, "--ablation", "shuffle", "--batch-size", "4", "--seed",
+               "7", "--out", str(out), "--latent-cache", str(tmp_path / "cache")])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "mode=score ablation=shuffle n=6" in printed and "confusion" in printed
+    assert f"wrote {out / 'predictions.jsonl'} and {out / 'metrics.json'}" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "confusion_matrix", "per_relation", "unparseable", "n", "mode", "ablation"):
         assert key in metrics

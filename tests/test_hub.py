@@ -1,5 +1,6 @@
-"""Hub repos (issue 3, point 4), through huggingface_hub's real cache layout with ``HF_HUB_OFFLINE=1``, and
-``push_to_hub`` / ``theworld push`` against a small hub server on 127.0.0.1. No mocks.
+"""Hub repos through huggingface_hub's real cache layout with ``HF_HUB_OFFLINE=1`` (base repos by id with their
+commits pinned, checkpoint repos by revision and ``checkpoint-N/`` subfolder), and ``save_pretrained(push_to_hub=True)``
+/ ``push_to_hub`` / ``theworld push`` against a small hub server on 127.0.0.1. No mocks.
 
 `lay_out_repo` writes folders exactly as huggingface_hub stores downloads: ``models--org--name/blobs/<sha256>``,
 ``snapshots/<commit>/<path>`` as relative symlinks to the blobs, and ``refs/<branch>`` files holding the commit.
@@ -31,6 +32,7 @@ from test_checkpoint import logits_and_tokens, model_inputs, perturb
 from transformers import AutoModel
 
 from theworld import TheWorld
+from theworld.checkpoint_theworld import trainable_state_dict
 
 GEMMA_REPO = "tiny-org/gemma-3-tiny"
 COSMOS_REPO = "tiny-org/cosmos-predict2-tiny"
@@ -120,14 +122,16 @@ def hub(tiny_bases, sample_images, tmp_path_factory):
     lay_out_repo(cache, COSMOS_REPO, {"": tiny_bases.cosmos}, cosmos_a)
 
     torch.manual_seed(0)
-    model = TheWorld.from_pretrained(GEMMA_REPO, cosmos_model_name=COSMOS_REPO, world_image_size=64, cache_dir=cache)
+    model = TheWorld.from_pretrained(
+        GEMMA_REPO, cosmos_model_name=COSMOS_REPO, world_image_size=64, world_pooling=1, cache_dir=cache
+    )
     inputs = model_inputs(model.processor, sample_images)
     refs, trained = {}, {}
     for step in (1, 2):
         perturb(model, seed=100 + step)
         model.save_pretrained(root / f"ck{step}")
-        refs[step] = logits_and_tokens(model, inputs)
-        trained[step] = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+        refs[step] = logits_and_tokens(model, inputs, new_tokens=3)
+        trained[step] = {k: v.clone() for k, v in trainable_state_dict(model).items()}
     rev1, rev2 = commit_id("ckpt-rev1"), commit_id("ckpt-rev2")
     lay_out_repo(cache, CKPT_REPO, {"": str(root / "ck1"), "checkpoint-1": str(root / "ck1")}, rev1, refs=("v1",))
     tree2 = {"": str(root / "ck2"), "checkpoint-1": str(root / "ck1"), "checkpoint-2": str(root / "ck2")}
@@ -147,7 +151,7 @@ def hub(tiny_bases, sample_images, tmp_path_factory):
 
 def assert_reproduces(model, hub, step):
     """The loaded model gives the saved model's logits and greedy tokens."""
-    logits, tokens = logits_and_tokens(model, hub["inputs"])
+    logits, tokens = logits_and_tokens(model, hub["inputs"], new_tokens=3)
     assert torch.equal(logits, hub["refs"][step][0])
     assert torch.equal(tokens, hub["refs"][step][1])
 
@@ -161,13 +165,14 @@ def assert_is_step(model, hub, step):
 
 def test_base_repo_ids_resolve_and_commits_are_recorded(hub):
     config = hub["model"].config
-    assert config.gemma_model_name == GEMMA_REPO and config.cosmos_model_name == COSMOS_REPO
+    assert config.gemma_model_name == GEMMA_REPO and config.cosmos_model_name == COSMOS_REPO  # ids kept as they are
     assert config.gemma_revision == hub["gemma"][0]
     assert config.cosmos_revision == hub["cosmos"]
-    with open(hub["root"] / "ck2" / "config.json") as f:
-        saved = json.load(f)
-    assert (saved["gemma_revision"], saved["cosmos_revision"]) == (hub["gemma"][0], hub["cosmos"])
-    assert set(saved["base_fingerprints"]) == {"gemma", "cosmos_vae"}
+    saved = json.loads((hub["root"] / "ck2" / "config.json").read_text())["base_models"]
+    assert (saved["gemma"]["name"], saved["gemma"]["revision"]) == (GEMMA_REPO, hub["gemma"][0])
+    assert (saved["cosmos"]["name"], saved["cosmos"]["revision"]) == (COSMOS_REPO, hub["cosmos"])
+    assert set(saved["gemma"]["fingerprints"]) == {"model.safetensors"}
+    assert set(saved["cosmos"]["fingerprints"]) == {"vae/diffusion_pytorch_model.safetensors"}
 
 
 def test_checkpoint_repo_revisions_and_subfolders(hub):
@@ -182,9 +187,9 @@ def test_checkpoint_repo_revisions_and_subfolders(hub):
     assert_reproduces(model, hub, 1)
     model = AutoModel.from_pretrained(CKPT_REPO, subfolder="checkpoint-1", cache_dir=cache)
     assert_is_step(model, hub, 1)
-    with pytest.raises(FileNotFoundError, match="No config.json found at someone/theworld-vsr/checkpoint-9"):
+    with pytest.raises(FileNotFoundError, match="No config.json at someone/theworld-vsr/checkpoint-9"):
         TheWorld.from_checkpoint_hub(CKPT_REPO, checkpoint_name="checkpoint-9", cache_dir=cache)
-    with pytest.raises(FileNotFoundError, match="No config.json found at someone/missing-repo.*HF_HUB_OFFLINE"):
+    with pytest.raises(FileNotFoundError, match="No config.json at someone/missing-repo.*HF_HUB_OFFLINE"):
         TheWorld.from_pretrained("someone/missing-repo", cache_dir=cache)
 
 
@@ -207,7 +212,7 @@ def test_later_loads_use_the_pinned_base_commit(hub, tmp_path):
         shutil.copytree(hub["root"] / "ck2", unpinned)
         with open(unpinned / "config.json") as f:
             config = json.load(f)
-        config["gemma_revision"] = None
+        config["base_models"]["gemma"]["revision"] = None
         with open(unpinned / "config.json", "w") as f:
             json.dump(config, f)
         with pytest.raises(ValueError, match=r"Base weights differ .*\['gemma/model.safetensors'\]"):
@@ -329,25 +334,27 @@ class LoopbackHub:
 PUSH_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
-    import torch
     from theworld import TheWorld
     from theworld.cli import main
-    checkpoint, out = sys.argv[1], sys.argv[2]
+    checkpoint, out, full_out = sys.argv[1:4]
     model = TheWorld.from_pretrained(checkpoint)
-    info = model.push_to_hub("someone/pushed", commit_message="TheWorld push test")
-    model.save_pretrained(out)
-    # clutter that `theworld push` must not upload: a pickle and a leftover of an interrupted save
+    # transformers' spelling: save_pretrained(..., push_to_hub=True) uploads the folder it published
+    info = model.save_pretrained(out, push_to_hub=True, repo_id="someone/pushed", commit_message="TheWorld push test")
+    # push_to_hub: a full checkpoint written into a temporary folder and uploaded as it is
+    info_full = model.push_to_hub("someone/pushed-full", save_full_model=True, max_shard_size="1MB", private=True)
+    model.save_pretrained(full_out, save_full_model=True, max_shard_size="1MB")
+    # clutter that `theworld push` must not upload: a pickle and a leftover of an interrupted 0.1.0 save
     open(os.path.join(out, "pytorch_model.bin"), "wb").write(b"not uploaded")
     os.makedirs(os.path.join(out, ".theworld-staging-leftover"), exist_ok=True)
     open(os.path.join(out, ".theworld-staging-leftover", "model.safetensors"), "wb").write(b"partial")
     rc = main(["push", out, "someone/cli-pushed", "--private", "--path-in-repo", "checkpoint-2"])
-    print("PUSHED " + json.dumps({"oid": info.oid, "rc": rc}))
+    print("PUSHED " + json.dumps({"oid": info.oid, "oid_full": info_full.oid, "rc": rc}))
     """
 )
 
 
 def test_push_to_hub_uploads_exactly_the_saved_folder(hub, tmp_path):
-    out = tmp_path / "saved"
+    out, full_out = tmp_path / "saved", tmp_path / "saved_full"
     with LoopbackHub() as server:
         env = dict(os.environ)
         env.update(
@@ -365,76 +372,31 @@ def test_push_to_hub_uploads_exactly_the_saved_folder(hub, tmp_path):
         )
         checkpoint = str(hub["root"] / "ck2")
         proc = subprocess.run(
-            [sys.executable, "-c", PUSH_SCRIPT, checkpoint, str(out)], capture_output=True, text=True, env=env,
-            timeout=300,
-        )
+            [sys.executable, "-c", PUSH_SCRIPT, checkpoint, str(out), str(full_out)], capture_output=True, text=True,
+            env=env, timeout=600,
+        )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-4000:]
         result = json.loads(proc.stdout.split("PUSHED ", 1)[1])
         assert result["rc"] == 0
-    assert set(server.repos) == {"someone/pushed", "someone/cli-pushed"}
+    assert set(server.repos) == {"someone/pushed", "someone/pushed-full", "someone/cli-pushed"}
     assert server.repos["someone/cli-pushed"]["visibility"] == "private"
+    assert server.repos["someone/pushed-full"]["visibility"] == "private"
     assert server.repos["someone/pushed"]["visibility"] is None
     assert server.auth == {"Bearer hf_loopback_test_token"}
-    assert ("PUT", next(p for m, p in server.requests if m == "PUT")) and server.lfs  # safetensors went through LFS
-    saved = {
-        name: (out / name).read_bytes()
-        for name in os.listdir(out)
-        if (out / name).is_file() and name != "pytorch_model.bin"
-    }
-    first, second = server.commits
+    assert server.lfs  # safetensors went through LFS
+    saved = {name: (out / name).read_bytes() for name in os.listdir(out) if (out / name).is_file()}
+    saved.pop("pytorch_model.bin")
+    saved_full = {name: (full_out / name).read_bytes() for name in os.listdir(full_out)}
+    first, second, third = server.commits
     assert first["repo"] == "someone/pushed" and first["revision"] == "main"
     assert first["summary"] == "TheWorld push test" and first["oid"] == result["oid"]
     assert first["files"] == saved  # the same file names and bytes as save_pretrained writes
-    assert second["repo"] == "someone/cli-pushed"
-    assert second["files"] == {f"checkpoint-2/{name}": data for name, data in saved.items()}
+    assert second["repo"] == "someone/pushed-full" and second["oid"] == result["oid_full"]
+    assert second["files"] == saved_full and "model.safetensors.index.json" in saved_full
+    assert third["repo"] == "someone/cli-pushed"
+    assert third["files"] == {f"checkpoint-2/{name}": data for name, data in saved.items()}
 
     # What was uploaded loads back by repo id, through the hub cache, to the same outputs.
     snapshot = lay_out_repo(hub["cache"], "someone/pushed", first["files"], first["oid"])
     assert sorted(os.listdir(snapshot)) == sorted(saved)
     assert_reproduces(TheWorld.from_pretrained("someone/pushed", cache_dir=hub["cache"]), hub, 2)
-
-
-def test_train_push_to_hub_uploads_the_final_checkpoint(tiny_bases, tmp_path):
-    """`theworld train` with `push_to_hub: true` uploads exactly its final/ checkpoint folder (loopback hub)."""
-    import yaml
-
-    from theworld.data import generate_synthetic_vsr
-
-    data = generate_synthetic_vsr(tmp_path / "data", num_train=8, num_val=2, num_test=2, seed=3)
-    out = tmp_path / "run"
-    config = {
-        "output_dir": str(out),
-        "gemma_model_name": tiny_bases.gemma,
-        "cosmos_model_name": tiny_bases.cosmos,
-        "world_image_size": 64,
-        "train_file": data["train"],
-        "max_steps": 1,
-        "per_device_batch_size": 4,
-        "progress_bar": False,
-        "push_to_hub": True,
-        "hub_model_id": "someone/trained",
-    }
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
-    with LoopbackHub() as server:
-        env = dict(
-            os.environ,
-            HF_ENDPOINT=server.endpoint,
-            HF_HUB_OFFLINE="0",
-            HF_HUB_DISABLE_XET="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
-            HF_TOKEN="hf_loopback_test_token",
-            HF_HOME=str(tmp_path / "hf_home"),
-            HTTP_PROXY="http://127.0.0.1:9",
-            HTTPS_PROXY="http://127.0.0.1:9",
-            NO_PROXY="127.0.0.1",
-        )
-        proc = subprocess.run(
-            [sys.executable, "-m", "theworld.cli", "train", "--config", str(tmp_path / "train.yaml")],
-            capture_output=True, text=True, env=env, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    final = out / "final"
-    saved = {name: (final / name).read_bytes() for name in os.listdir(final) if (final / name).is_file()}
-    assert "model.safetensors" in saved and "config.json" in saved
-    assert [c["repo"] for c in server.commits] == ["someone/trained"]
-    assert server.commits[0]["files"] == saved

@@ -1,13 +1,11 @@
-"""``theworld inspect`` and ``theworld export`` (issue 3, point 7): real subprocesses of the console script plus
-in-process calls of the same CLI for the variants."""
+"""``theworld inspect`` and ``theworld export`` (issue 3, point 7), through the command line's ``main`` (the console
+script is ``sys.exit(main())``; test_cli.py runs it as a real subprocess)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,14 +14,8 @@ from test_hub import commit_id, lay_out_repo
 from test_legacy import mlp_projector, write_legacy_checkpoint
 
 from theworld import TheWorld
+from theworld.checkpoint_theworld import REMOTE_CODE_FILES
 from theworld.cli import main
-from theworld.modeling_theworld import REMOTE_CODE_FILES
-
-
-def theworld_cmd(*args: str) -> subprocess.CompletedProcess:
-    script = os.path.join(os.path.dirname(sys.executable), "theworld")
-    cmd = [script] if os.path.exists(script) else [sys.executable, "-m", "theworld.cli"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +26,22 @@ def saved(world_model_factory, tmp_path_factory):
     return {"root": root, "model": model}
 
 
-def test_inspect_subprocess_reports_kind_bases_modules_dtype_and_code(saved, tiny_bases):
-    proc = theworld_cmd("inspect", str(saved["root"] / "ckpt"))
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+def test_inspect_reports_kind_bases_modules_dtype_and_code(saved, tiny_bases, capsys):
+    assert main(["inspect", str(saved["root"] / "ckpt")]) == 0
+    out = capsys.readouterr().out
     model = saved["model"]
     assert "kind: partial" in out
+    assert "format: 2 (written by theworld 0.2.0" in out
     assert f"gemma base: {tiny_bases.gemma} (no commit pinned" in out
     assert f"cosmos base: {tiny_bases.cosmos} (no commit pinned" in out
-    assert "base fingerprints: 1 gemma file(s), 1 cosmos file(s)" in out
-    projector = sum(p.numel() for p in model.world_projector.parameters())
+    prints = model.config.base_fingerprints
+    assert f"base fingerprints: {len(prints['cosmos'])} cosmos file(s), {len(prints['gemma'])} gemma file(s)" in out
+    assert "world: enable_world=True mode=spatial projector=mlp image=64px pooling=1 tokens=64 placement=after_image" in out
+    projector = sum(p.numel() for p in model.model.world_projector.parameters())
     language = sum(p.numel() for p in model.model.language_model.parameters())
     lines = {line.split()[0]: line for line in out.splitlines() if "params" in line and "bytes" in line}
-    assert f"{projector:,} params" in lines["world_projector"] and f"{projector * 4:,} bytes" in lines["world_projector"]
-    assert lines["world_projector"].rstrip().endswith("F32")
+    row = lines["model.world_projector"]
+    assert f"{projector:,} params" in row and f"{projector * 4:,} bytes" in row and row.rstrip().endswith("F32")
     assert f"{language:,} params" in lines["model.language_model"]
     assert "lm_head" not in lines  # tied: saved once
     assert "dtype: F32" in out
@@ -73,7 +67,7 @@ def test_inspect_flags_code_that_differs_and_hub_repos(saved, capsys, tmp_path):
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "partial" and info["source"] == "someone/inspected/checkpoint-2"
     assert commit in info["config_path"]
-    assert info["modules"]["world_boundary_embeddings"]["parameters"] == 2 * 64
+    assert info["modules"]["model.world_boundary_embeddings"]["parameters"] == 2 * 64
     assert info["dtypes"] == {"F32": info["parameters"]}
 
 
@@ -84,20 +78,19 @@ def test_inspect_legacy_and_bad_sources(tiny_bases, tmp_path, capsys):
     assert "kind: partial (earlier research format, converted on load)" in out
     assert "modeling_theworld.py: missing" in out and "image=512px" in out
     assert main(["inspect", tiny_bases.gemma]) == 2
-    assert "model_type 'gemma3': not a TheWorld checkpoint" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"error: {tiny_bases.gemma} has model_type 'gemma3': not a TheWorld")
     assert main(["inspect", str(tmp_path / "nowhere")]) == 2
-    assert "No config.json at" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("error: No config.json at")
 
 
-def test_export_subprocess_full_bf16_and_back(saved, sample_images, tmp_path, capsys):
+def test_export_full_bf16_and_back(saved, sample_images, tmp_path, capsys):
     src, full = saved["root"] / "ckpt", tmp_path / "full"
-    proc = theworld_cmd("export", str(src), str(full), "--full", "--dtype", "bfloat16", "--max-shard-size", "200KB")
-    assert proc.returncode == 0, proc.stderr
-    assert "Wrote a full TheWorld checkpoint" in proc.stdout
+    assert main(["export", str(src), str(full), "--full", "--dtype", "bfloat16", "--max-shard-size", "200KB"]) == 0
+    assert f"Wrote a full TheWorld checkpoint to {full}: model-00001-of-" in capsys.readouterr().out
     assert main(["inspect", str(full), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kind"] == "full" and len(info["files"]) > 1
-    assert info["modules"]["world_projector"]["dtypes"] == ["F32"]
+    assert info["modules"]["model.world_projector"]["dtypes"] == ["F32"]
     assert info["modules"]["model.language_model"]["dtypes"] == ["BF16"]
     exported = TheWorld.from_pretrained(str(full))
     reference = TheWorld.from_pretrained(str(src), dtype=torch.bfloat16)
@@ -108,5 +101,8 @@ def test_export_subprocess_full_bf16_and_back(saved, sample_images, tmp_path, ca
     assert main(["export", str(full), str(tmp_path / "partial")]) == 0
     assert "Wrote a partial TheWorld checkpoint" in capsys.readouterr().out
     assert main(["export", str(saved["root"] / "nowhere"), str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: No config.json at")
     assert main(["export", saved["model"].config.gemma_model_name, str(tmp_path / "y")]) == 2
-    assert "export re-saves TheWorld checkpoints" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {saved['model'].config.gemma_model_name} has model_type 'gemma3'")
+    assert "`theworld export` takes TheWorld checkpoints" in err

@@ -1,9 +1,10 @@
-"""Strict and safe loading (issue 3, point 5): every problem is an error naming the offending keys or files.
+"""Strict and safe loading (issues 8 and 9): every problem is an error naming the offending keys or files.
 
-Unknown / missing / mis-shaped tensors, truncated and corrupt files, a config from a newer format, base weights that
-changed since training (and the documented ``ignore_fingerprint_mismatch=True`` override), architecture arguments that
-contradict the checkpoint, freeze overrides, safetensors-only reading, and atomic saves checked by SIGKILLing a saving
-process. Tiny real models and real files; no mocks.
+Unknown / missing / mis-shaped tensors, truncated and corrupt files, tensors whose stored dtype cannot represent the
+parameter (int, bool, a header edited from F32 to I32), overlapping tensor offsets, non-finite values (and the
+documented ``allow_non_finite_weights=True``), a config from a newer format, base weights that changed since training
+(and ``ignore_fingerprint_mismatch=True``), freeze overrides across training stages, and safetensors-only reading.
+Tiny real models and real files; no mocks.
 """
 
 from __future__ import annotations
@@ -13,21 +14,20 @@ import logging
 import os
 import pickle
 import shutil
-import signal
-import subprocess
+import struct
 import sys
-import textwrap
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_checkpoint import logits_and_tokens, model_inputs, perturb
+from test_checkpoint import assert_same_state, logits_and_tokens, model_inputs, perturb
 from transformers import AutoModel
 
 from theworld import TheWorld
-from theworld.modeling_theworld import DIGEST_KEY, read_safetensors_header
+from theworld.checkpoint_theworld import DIGEST_KEY
 
+PROJ = "model.world_projector.linear_1.weight"
 _OPENED: list[str] | None = None
 
 
@@ -51,127 +51,204 @@ def checkpoint(trained, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def full_checkpoint(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("strict_full") / "ckpt"
+    trained.save_pretrained(folder, save_full_model=True)
+    return folder
+
+
 @pytest.fixture()
 def copy(checkpoint, tmp_path):
     """A private, editable copy of the checkpoint."""
     return shutil.copytree(checkpoint, tmp_path / "ckpt")
 
 
-def rewrite_weights(folder, edit, keep_digest: bool = False) -> None:
-    """Apply ``edit(state) -> state`` to ``folder/model.safetensors`` (metadata kept; the checksum dropped unless
+def rewrite_weights(path, edit, keep_digest: bool = False) -> None:
+    """Apply ``edit(state) -> state`` to a safetensors file (metadata kept; the checksum dropped unless
     ``keep_digest``, as a tool that rewrites the file without theworld would)."""
-    path = os.path.join(folder, "model.safetensors")
-    with safe_open(path, "pt") as f:
+    with safe_open(str(path), "pt") as f:
         metadata = dict(f.metadata())
     if not keep_digest:
-        metadata.pop(DIGEST_KEY)
+        metadata.pop(DIGEST_KEY, None)
     save_file(edit(load_file(path)), path, metadata=metadata)
+
+
+def edit_header(path, edit) -> None:
+    """Rewrite the JSON header of a safetensors file in place (same length, padded with spaces): what a byte-level
+    tamperer can do without touching the tensor data."""
+    data = bytearray(open(path, "rb").read())
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header.pop("__metadata__", None)  # the checksum goes too
+    edit(header)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert len(raw) <= length
+    data[8 : 8 + length] = raw + b" " * (length - len(raw))
+    open(path, "wb").write(bytes(data))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Tensor keys and shapes
 # ----------------------------------------------------------------------------------------------------------------------
-def test_unknown_tensor_key_is_named(copy):
-    rewrite_weights(copy, lambda s: {**s, "world_projector.extra.weight": torch.zeros(3)})
-    with pytest.raises(ValueError, match=r"unknown keys \['world_projector.extra.weight'\].*nothing was loaded"):
+def test_unknown_missing_and_mis_shaped_tensors_are_named(copy):
+    path = copy / "model.safetensors"
+    original = load_file(path)
+    rewrite_weights(path, lambda s: {**s, "model.world_projector.extra.weight": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"unexpected keys \['model.world_projector.extra.weight'\].*nothing was loaded"):
         TheWorld.from_pretrained(str(copy))
-
-
-def test_missing_trained_key_is_named(copy):
-    rewrite_weights(copy, lambda s: {k: v for k, v in s.items() if k != "world_projector.projection.2.bias"})
-    with pytest.raises(ValueError, match=r"missing keys \['world_projector.projection.2.bias'\]"):
+    save_file({k: v for k, v in original.items() if k != "model.world_projector.linear_2.bias"}, path)
+    with pytest.raises(ValueError, match=r"missing keys \['model.world_projector.linear_2.bias'\]"):
         AutoModel.from_pretrained(str(copy))
-
-
-def test_shape_mismatch_is_named(copy):
-    def edit(state):
-        state["world_projector.projection.0.weight"] = torch.zeros(64, 17)
-        return state
-
-    rewrite_weights(copy, edit)
-    with pytest.raises(
-        ValueError, match=r"shape mismatches world_projector.projection.0.weight: checkpoint \(64, 17\) vs model \(64, 16\)"
-    ):
+    # A checkpoint whose config says the language model was trained must hold it (the base's would load silently).
+    save_file(original, path)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "freeze_gemma_language": False}))
+    with pytest.raises(ValueError, match=r"lacks tensors its configuration says were trained: "
+                                         r"\['model.language_model.embed_tokens.weight', "):  # fmt: skip
+        TheWorld.from_pretrained(str(copy))
+    (copy / "config.json").write_text(json.dumps(config))
+    save_file({**original, PROJ: torch.zeros(64, 17)}, path)
+    with pytest.raises(ValueError, match=rf"shape mismatches \['{PROJ}: checkpoint \(64, 17\) vs model \(64, 16\)'\]"):
         TheWorld.from_pretrained(str(copy))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Damaged files
 # ----------------------------------------------------------------------------------------------------------------------
-def test_truncated_file(copy):
+def test_truncated_and_corrupt_files(copy):
     path = copy / "model.safetensors"
     data = path.read_bytes()
-    path.write_bytes(data[:-100])
-    with pytest.raises(ValueError, match=r"model.safetensors is truncated: its header describes \d+ bytes but the file"):
-        TheWorld.from_pretrained(str(copy))
-    path.write_bytes(data[:20])
-    with pytest.raises(ValueError, match=r"model.safetensors is not a valid safetensors file .*truncated or corrupt"):
-        TheWorld.from_pretrained(str(copy))
-
-
-def test_corrupt_header(copy):
-    path = copy / "model.safetensors"
-    data = bytearray(path.read_bytes())
-    data[8:40] = b"\xff" * 32
-    path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"model.safetensors is not a valid safetensors file .*re-download or re-save"):
-        TheWorld.from_pretrained(str(copy))
+    for damaged in (data[:-100], data[:20], data[:8] + b"\xff" * 32 + data[40:]):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"model.safetensors is not a valid safetensors file .*truncated or corrupt"):
+            TheWorld.from_pretrained(str(copy))
 
 
 def test_corrupt_tensor_bytes_fail_the_checksum(copy):
     path = copy / "model.safetensors"
-    _, offset = read_safetensors_header(str(path))
     data = bytearray(path.read_bytes())
-    data[offset + 17] ^= 0x40  # one flipped bit inside a tensor
+    data[-17] ^= 0x40  # one flipped bit inside a tensor
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"model.safetensors is corrupt: its tensor data do not match the sha256"):
+    with pytest.raises(ValueError, match=r"model.safetensors is corrupt: its tensors do not match the sha256"):
         TheWorld.from_pretrained(str(copy))
     # a tampered tensor under the old checksum is refused the same way
-    rewrite_weights(copy, lambda s: {k: v + 1 if k.endswith("2.bias") else v for k, v in s.items()}, keep_digest=True)
+    rewrite_weights(path, lambda s: {k: v + 1 if k.endswith("2.bias") else v for k, v in s.items()}, keep_digest=True)
     with pytest.raises(ValueError, match="is corrupt"):
         TheWorld.from_pretrained(str(copy))
 
 
+def test_overlapping_tensor_offsets_are_refused(copy):
+    """Two tensors pointing at the same bytes (checksum stripped): the safetensors library rejects the file."""
+    path = copy / "model.safetensors"
+
+    def overlap(header):
+        header["model.world_projector.linear_2.bias"]["data_offsets"] = header["model.world_projector.linear_1.bias"][
+            "data_offsets"
+        ]
+
+    edit_header(path, overlap)
+    with pytest.raises(ValueError, match=r"model.safetensors is not a valid safetensors file \(.*\): it is truncated"):
+        TheWorld.from_pretrained(str(copy))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Config versions, architecture and freeze arguments
+# Stored dtypes that cannot represent the parameters
 # ----------------------------------------------------------------------------------------------------------------------
-def test_config_from_a_newer_major_version(copy):
-    with open(copy / "config.json") as f:
-        config = json.load(f)
-    config["checkpoint_format_version"] = config["checkpoint_format_version"] + 1
-    with open(copy / "config.json", "w") as f:
-        json.dump(config, f)
+@pytest.mark.parametrize("dtype, stored", [(torch.int32, "I32"), (torch.bool, "BOOL")])
+def test_integer_and_bool_tensors_are_refused(copy, dtype, stored):
+    rewrite_weights(copy / "model.safetensors", lambda s: {**s, PROJ: s[PROJ].to(dtype)})
+    with pytest.raises(ValueError, match=rf"tensor '{PROJ}' is stored as {stored}, but the parameter '{PROJ}' is "
+                                         r"torch.float32: an integer or bool dtype"):  # fmt: skip
+        TheWorld.from_pretrained(str(copy))
+
+
+def test_header_dtype_edited_from_f32_to_i32_is_refused(copy, full_checkpoint, tmp_path):
+    def to_i32(header):
+        assert header[PROJ]["dtype"] == "F32"
+        header[PROJ]["dtype"] = "I32"  # same element size: the byte ranges stay valid
+
+    edit_header(copy / "model.safetensors", to_i32)
+    with pytest.raises(ValueError, match=rf"tensor '{PROJ}' is stored as I32, but the parameter .* torch.float32"):
+        TheWorld.from_pretrained(str(copy))
+    # the same in a full checkpoint (a Gemma tensor; the model loads in bfloat16: both dtypes are named)
+    full = shutil.copytree(full_checkpoint, tmp_path / "full")
+    key = "model.language_model.layers.0.mlp.up_proj.weight"
+
+    def gemma_to_i32(header):
+        header[key]["dtype"] = "I32"
+
+    edit_header(full / "model.safetensors", gemma_to_i32)
+    with pytest.raises(ValueError, match=rf"tensor '{key}' is stored as I32, but the parameter '{key}' is "
+                                         r"torch.bfloat16"):  # fmt: skip
+        TheWorld.from_pretrained(str(full), dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Non-finite values
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, value", [(PROJ, float("nan")), ("model.world_boundary_embeddings.weight", float("inf"))], ids=["nan", "inf"]
+)
+def test_non_finite_weights_saved_with_save_pretrained_are_refused(trained, tmp_path, key, value, caplog):
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    bad = TheWorld.from_pretrained(None, config=trained.config, state_dict=state)
+    with torch.no_grad():
+        bad.get_parameter(key)[0, 1] = value
+    bad.processor = trained.processor
+    bad.save_pretrained(tmp_path / "bad")  # the checksum is right: the values were saved as they were
+    with pytest.raises(ValueError, match=rf"holds non-finite values \(NaN or Inf\) in \['{key}'\].*"
+                                         r"allow_non_finite_weights=True"):  # fmt: skip
+        TheWorld.from_pretrained(str(tmp_path / "bad"))
+    with caplog.at_level(logging.WARNING, logger="theworld.checkpoint_theworld"):
+        model = TheWorld.from_pretrained(str(tmp_path / "bad"), allow_non_finite_weights=True)
+    assert "non-finite" in caplog.text
+    loaded = model.get_parameter(key)[0, 1]
+    assert torch.isnan(loaded) if value != value else torch.isinf(loaded)
+
+
+def test_non_finite_gemma_weight_in_a_full_checkpoint_is_refused(full_checkpoint, tmp_path):
+    full = shutil.copytree(full_checkpoint, tmp_path / "full")
+    key = "model.language_model.layers.1.self_attn.q_proj.weight"
+
+    def poison(state):
+        state[key] = state[key].clone()
+        state[key][3, 4] = float("nan")
+        return state
+
+    rewrite_weights(full / "model.safetensors", poison)
     for load in (TheWorld.from_pretrained, AutoModel.from_pretrained):
-        with pytest.raises(ValueError, match=r"checkpoint_format_version=2 was written by a newer major version"):
+        with pytest.raises(ValueError, match=rf"non-finite values \(NaN or Inf\) in \['{key}'\]"):
+            load(str(full))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Config versions and missing sources
+# ----------------------------------------------------------------------------------------------------------------------
+def test_config_from_a_newer_format(copy):
+    config = json.loads((copy / "config.json").read_text())
+    config["checkpoint_format_version"] += 1
+    (copy / "config.json").write_text(json.dumps(config))
+    for load in (TheWorld.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=r"checkpoint_format_version=3 was written by a newer theworld"):
             load(str(copy))
 
 
 def test_missing_sources_are_named(checkpoint, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"No config.json found at .*nowhere.*TheWorld checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"No config.json at .*nowhere.*TheWorld checkpoint"):
         TheWorld.from_pretrained(str(tmp_path / "nowhere"))
-    with pytest.raises(OSError, match=r"Could not load the Gemma base .*gemma_model_name=<local path>"):
+    with pytest.raises(OSError, match=r"Could not find the Gemma 3 base .*no-gemma.*gemma_model_name="):
         TheWorld.from_pretrained(str(checkpoint), gemma_model_name=str(tmp_path / "no-gemma"))
 
 
-def test_architecture_arguments_must_match_the_checkpoint(checkpoint):
-    for key, value in (("world_projection_mode", "channel"), ("enable_world", False), ("world_image_size", 128)):
-        with pytest.raises(ValueError, match=rf"trained with {key}=.* but {key}={value!r} was passed"):
-            TheWorld.from_pretrained(str(checkpoint), **{key: value})
-    model = TheWorld.from_pretrained(str(checkpoint), world_projection_mode="spatial", world_image_size=64)
-    assert model.config.world_projection_mode == "spatial"  # agreeing values are fine
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['projector_size'\]"):
-        TheWorld.from_pretrained(str(checkpoint), projector_size=3)
-
-
 def test_freeze_overrides_are_applied_and_saved(checkpoint, trained, sample_images, tmp_path):
-    """Multi-stage training: load a projector-only checkpoint with the language model unfrozen."""
+    """Multi-stage training: a projector-only checkpoint loaded with the language model unfrozen, trained, saved (now
+    holding the language model), and loaded again."""
     model = TheWorld.from_pretrained(str(checkpoint), freeze_gemma_language=False)
     assert model.config.freeze_gemma_language is False
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "model.language_model.layers.0.self_attn.q_proj.weight" in trainable
     assert "model.vision_tower.vision_model.embeddings.patch_embedding.weight" not in trainable
-    inputs = model_inputs(trained.processor, sample_images)
-    assert torch.equal(logits_and_tokens(model, inputs, 0)[0], logits_and_tokens(trained, inputs, 0)[0])
     perturb(model, seed=32)
     model.save_pretrained(tmp_path / "stage2")
     with safe_open(str(tmp_path / "stage2" / "model.safetensors"), "pt") as f:
@@ -179,6 +256,8 @@ def test_freeze_overrides_are_applied_and_saved(checkpoint, trained, sample_imag
     assert "model.language_model.layers.0.self_attn.q_proj.weight" in keys and "lm_head.weight" not in keys
     stage2 = TheWorld.from_pretrained(str(tmp_path / "stage2"))
     assert stage2.config.freeze_gemma_language is False
+    assert_same_state(stage2, model)
+    inputs = model_inputs(trained.processor, sample_images)
     assert torch.equal(logits_and_tokens(stage2, inputs, 0)[0], logits_and_tokens(model, inputs, 0)[0])
 
 
@@ -197,29 +276,24 @@ def _changed_copy(src: str, dst, weights: str, key: str) -> tuple[str, torch.Ten
     return str(dst), state[key]
 
 
-def test_changed_gemma_base_is_refused_unless_overridden(checkpoint, tiny_bases, tmp_path, caplog):
+def test_changed_bases_are_refused_unless_overridden(checkpoint, tiny_bases, tmp_path, caplog):
     changed, tensor = _changed_copy(
         tiny_bases.gemma, tmp_path / "gemma", "model.safetensors", "language_model.model.layers.1.mlp.down_proj.weight"
     )
     with pytest.raises(ValueError, match=r"Base weights differ .*\['gemma/model.safetensors'\].*ignore_fingerprint"):
         TheWorld.from_pretrained(str(checkpoint), gemma_model_name=changed)
-    with caplog.at_level(logging.WARNING, logger="theworld.modeling_theworld"):
+    with caplog.at_level(logging.WARNING, logger="theworld.checkpoint_theworld"):
         model = TheWorld.from_pretrained(str(checkpoint), gemma_model_name=changed, ignore_fingerprint_mismatch=True)
-    assert any(
-        "Base weights differ" in r.getMessage() and "gemma/model.safetensors" in r.getMessage() for r in caplog.records
-    )
+    assert "Base weights differ" in caplog.text and "gemma/model.safetensors" in caplog.text
     assert model.config.gemma_model_name == changed
     assert torch.equal(model.model.language_model.layers[1].mlp.down_proj.weight, tensor)  # it used the other copy
     # An unchanged copy elsewhere is fine: fingerprints are about content, not paths.
     same = shutil.copytree(tiny_bases.gemma, tmp_path / "gemma_same")
     TheWorld.from_pretrained(str(checkpoint), gemma_model_name=str(same))
-
-
-def test_changed_cosmos_vae_is_refused(checkpoint, tiny_bases, tmp_path):
     changed, _ = _changed_copy(
         tiny_bases.cosmos, tmp_path / "cosmos", "vae/diffusion_pytorch_model.safetensors", "encoder.conv_in.weight"
     )
-    with pytest.raises(ValueError, match=r"Base weights differ .*\['cosmos_vae/diffusion_pytorch_model.safetensors'\]"):
+    with pytest.raises(ValueError, match=r"Base weights differ .*\['cosmos/vae/diffusion_pytorch_model.safetensors'\]"):
         TheWorld.from_pretrained(str(checkpoint), cosmos_model_name=changed)
 
 
@@ -239,14 +313,14 @@ class _Booby:
 def test_pickle_files_are_never_read(copy, tiny_bases, tmp_path):
     global _OPENED
     marker = str(tmp_path / "PICKLE_WAS_EXECUTED")
-    (copy / "pytorch_model.bin").write_bytes(pickle.dumps({"world_projector.projection.0.weight": _Booby(marker)}))
+    (copy / "pytorch_model.bin").write_bytes(pickle.dumps({PROJ: _Booby(marker)}))
     _OPENED = []
     try:
         TheWorld.from_pretrained(str(copy))  # the .bin beside model.safetensors is ignored
         opened = list(_OPENED)
     finally:
         _OPENED = None
-    assert not any(p.endswith(".bin") for p in opened), [p for p in opened if p.endswith(".bin")]
+    assert opened and not any(p.endswith(".bin") for p in opened)
     assert not os.path.exists(marker)
 
     os.remove(copy / "model.safetensors")  # only the pickle left
@@ -259,103 +333,3 @@ def test_pickle_files_are_never_read(copy, tiny_bases, tmp_path):
     with pytest.raises(OSError, match=r"safetensors"):
         TheWorld.from_pretrained(str(gemma), cosmos_model_name=tiny_bases.cosmos, world_image_size=64)
     assert not os.path.exists(marker)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Atomic saves: SIGKILL a saving process
-# ----------------------------------------------------------------------------------------------------------------------
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    import safetensors.torch
-    from theworld import TheWorld
-    source, target, phase = sys.argv[1:4]
-    model = TheWorld.from_pretrained(source)
-    if phase == "writing":
-        # test-only hook: pause after the first weight file is written, so the parent can kill us mid-save
-        real_save_file = safetensors.torch.save_file
-        def slow_save_file(*args, **kwargs):
-            real_save_file(*args, **kwargs)
-            print("WROTE", flush=True)
-            time.sleep(120)
-        safetensors.torch.save_file = slow_save_file
-    else:
-        # test-only hook: die the moment before config.json would be moved into place
-        real_replace = os.replace
-        def dying_replace(src, dst):
-            if os.path.basename(dst) == "config.json" and os.path.basename(os.path.dirname(dst)) != os.path.basename(
-                os.path.dirname(src)
-            ):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real_replace(src, dst)
-        os.replace = dying_replace
-    model.save_pretrained(target, save_full_model=True, max_shard_size="1MB")
-    print("FINISHED", flush=True)
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def kill_setup(world_model_factory, sample_images, tmp_path_factory):
-    root = tmp_path_factory.mktemp("atomic")
-    old = perturb(world_model_factory(seed=7), seed=41)
-    new = perturb(world_model_factory(seed=8), seed=42)
-    new.save_pretrained(root / "new_source")
-    inputs = model_inputs(old.processor, sample_images)
-    return {"root": root, "old": old, "inputs": inputs, "old_out": logits_and_tokens(old, inputs),
-            "new_out": logits_and_tokens(new, inputs)}
-
-
-def _prepare_target(kill_setup, name):
-    target = kill_setup["root"] / name
-    kill_setup["old"].save_pretrained(target)  # the previous checkpoint: partial, one model.safetensors
-    return target
-
-
-def test_killed_while_writing_keeps_the_previous_checkpoint(kill_setup):
-    target = _prepare_target(kill_setup, "killed_writing")
-    before = {n: (target / n).read_bytes() for n in os.listdir(target)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(kill_setup["root"] / "new_source"), str(target), "writing"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "WROTE", proc.stderr.read()[-3000:]
-        staging = [n for n in os.listdir(target) if n.startswith(".theworld-staging-")]
-        assert len(staging) == 1 and any(n.startswith("model-") for n in os.listdir(target / staging[0]))
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert {n: (target / n).read_bytes() for n in os.listdir(target) if not n.startswith(".")} == before
-    loaded = TheWorld.from_pretrained(str(target))
-    got = logits_and_tokens(loaded, kill_setup["inputs"])
-    assert torch.equal(got[0], kill_setup["old_out"][0]) and torch.equal(got[1], kill_setup["old_out"][1])
-    kill_setup["old"].save_pretrained(target)  # the next save cleans the dead staging folder up
-    assert not [n for n in os.listdir(target) if n.startswith(".")]
-
-
-def test_killed_while_publishing_rolls_forward(kill_setup):
-    target = _prepare_target(kill_setup, "killed_publishing")
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(kill_setup["root"] / "new_source"), str(target), "publishing"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert "FINISHED" not in proc.stdout
-    with open(target / "config.json") as f:
-        assert json.load(f)["checkpoint_kind"] == "partial"  # still the old config: killed just before the swap
-    assert any(n.startswith("model-") for n in os.listdir(target))  # ...with the new shards already moved in
-    loaded = TheWorld.from_pretrained(str(target))  # completes the committed save, then loads it
-    assert loaded.config.checkpoint_kind == "full"
-    assert sorted(n for n in os.listdir(target) if n.startswith(("model-", "model.", "."))) == sorted(
-        n for n in os.listdir(target) if n.startswith("model-")
-    ) + ["model.safetensors.index.json"]
-    got = logits_and_tokens(loaded, kill_setup["inputs"])
-    assert torch.equal(got[0], kill_setup["new_out"][0]) and torch.equal(got[1], kill_setup["new_out"][1])

@@ -20,7 +20,9 @@ except ImportError:  # running from a checkout without the package installed
 
 from theworld.tiny import GEMMA_SPECIAL_TOKENS, SIZES, TinyBases, build_tiny_bases  # noqa: E402
 
-EXPECTED_IDS = {tok: i for i, tok in enumerate(GEMMA_SPECIAL_TOKENS)}
+#: The first nine special tokens take ids 0..8; <image_soft_token> is the tokenizer's last id (as 262144 is Gemma 3's).
+EXPECTED_IDS = {tok: i for i, tok in enumerate(GEMMA_SPECIAL_TOKENS[:-1])}
+IMAGE_SOFT_TOKEN = "<image_soft_token>"
 
 
 def _safetensors_hashes(root: str | Path) -> dict[str, str]:
@@ -106,7 +108,7 @@ def test_cached_folders_are_reused(tiny_bases):
 
 
 def test_unknown_size_is_rejected(tmp_path):
-    assert SIZES == ("tiny", "small", "base100m")
+    assert SIZES == ("tiny", "small", "base100m", "tiny-real")
     with pytest.raises(ValueError, match="size"):
         build_tiny_bases(tmp_path, size="huge")
 
@@ -132,8 +134,8 @@ def test_gemma_config(tiny_bases, gemma_model):
     assert config.mm_tokens_per_image == 16
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bases.gemma)
-    assert len(tokenizer) <= text.vocab_size < len(tokenizer) + 64
-    assert config.image_token_index == tokenizer.image_token_id == EXPECTED_IDS["<image_soft_token>"]
+    assert len(tokenizer) + 3 <= text.vocab_size < len(tokenizer) + 3 + 64  # spare rows, padded to a multiple of 64
+    assert config.image_token_index == tokenizer.image_token_id == len(tokenizer) - 1
     assert config.boi_token_index == tokenizer.boi_token_id == EXPECTED_IDS["<start_of_image>"]
     assert config.eoi_token_index == tokenizer.eoi_token_id == EXPECTED_IDS["<end_of_image>"]
     assert config.image_token_index < text.vocab_size
@@ -176,7 +178,8 @@ def test_gemma_tokenizer_round_trip_and_special_ids(tiny_bases):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bases.gemma)
     assert type(tokenizer).__name__ == "GemmaTokenizer"
-    assert {tok: tokenizer.convert_tokens_to_ids(tok) for tok in GEMMA_SPECIAL_TOKENS} == EXPECTED_IDS
+    assert {tok: tokenizer.convert_tokens_to_ids(tok) for tok in GEMMA_SPECIAL_TOKENS[:-1]} == EXPECTED_IDS
+    assert tokenizer.convert_tokens_to_ids(IMAGE_SOFT_TOKEN) == len(tokenizer) - 1
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id) == (0, 1, 2)
     assert (tokenizer.unk_token_id, tokenizer.mask_token_id) == (3, 4)
     assert (tokenizer.boi_token, tokenizer.eoi_token, tokenizer.image_token) == (
@@ -246,13 +249,116 @@ def test_processor_apply_chat_template_with_images(tiny_bases, gemma_model, gemm
     )
     assert inputs["pixel_values"].shape == (2, 3, 64, 64)
     assert inputs["token_type_ids"].shape == inputs["input_ids"].shape
-    image_id = EXPECTED_IDS["<image_soft_token>"]
+    image_id = gemma_processor.tokenizer.convert_tokens_to_ids(IMAGE_SOFT_TOKEN)
     assert (inputs["input_ids"] == image_id).sum(dim=1).tolist() == [16, 16]
     assert (inputs["token_type_ids"] == 1).sum().item() == 32
     with torch.no_grad():
         logits = gemma_model(**inputs).logits
     assert logits.shape == (*inputs["input_ids"].shape, gemma_model.config.text_config.vocab_size)
     assert torch.isfinite(logits).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tiny-real: Gemma 3 4B's structure at tiny size
+# ----------------------------------------------------------------------------------------------------------------------
+_HUB_TO_TRANSFORMERS = (
+    ("language_model.model.", "model.language_model."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+
+
+def _renamed(key: str) -> str:
+    for old, new in _HUB_TO_TRANSFORMERS:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise AssertionError(f"{key} is not in the hub checkpoint's key layout")
+
+
+@pytest.fixture(scope="module")
+def tiny_real_theworld(real_world_model_factory):
+    """A fresh TheWorld around the tiny-real bases (64 world tokens)."""
+    return real_world_model_factory()
+
+
+def test_tiny_real_mirrors_gemma_3_4b_layer_pattern_and_window(tiny_real_bases):
+    from transformers import AutoConfig, AutoProcessor, Gemma3Config
+
+    from theworld import real_configs
+
+    text = AutoConfig.from_pretrained(tiny_real_bases.gemma).text_config
+    real = Gemma3Config.from_dict(real_configs.load_real_config("google/gemma-3-4b-it")).text_config
+    # 5 sliding-window layers per global layer, in Gemma 3 4B's order: its 34 layers repeat the tiny pattern.
+    assert text.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    assert real.layer_types == (text.layer_types * 6)[: real.num_hidden_layers]
+    assert text.query_pre_attn_scalar == text.head_dim
+    # The window is shorter than the test prompts, as Gemma 3 4B's 1,024 is shorter than a 4,096-token world block.
+    processor = AutoProcessor.from_pretrained(tiny_real_bases.gemma)
+    for text_prompt in ("Describe.", "Is the red circle left of the blue square?"):
+        conversation = [{"role": "user", "content": [{"type": "image", "image": _images()[0]},
+                                                      {"type": "text", "text": text_prompt}]}]  # fmt: skip
+        ids = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert len(ids["input_ids"][0]) > text.sliding_window == 32
+
+
+def test_image_soft_token_is_last_with_spare_rows_in_every_preset(tiny_bases, tiny_real_bases, tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from theworld import real_configs
+    from theworld.tiny import _PRESETS, SPARE_EMBEDDING_ROWS, _build_gemma
+
+    folders = {"tiny": Path(tiny_bases.gemma), "tiny-real": Path(tiny_real_bases.gemma)}
+    for size in SIZES:
+        if size not in folders:
+            folders[size] = tmp_path / size
+            _build_gemma(folders[size], _PRESETS[size], 0)
+    assert set(folders) == set(SIZES)
+    for size, folder in folders.items():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder)
+        last = len(tokenizer) - 1
+        assert tokenizer.convert_ids_to_tokens(last) == IMAGE_SOFT_TOKEN, size
+        assert config.image_token_index == last, size
+        assert config.text_config.vocab_size - len(tokenizer) >= SPARE_EMBEDDING_ROWS >= 3, size
+    # ... as in Gemma 3 4B: <image_soft_token> is its last id and 63 rows follow it.
+    facts = real_configs.gemma_processor_facts()
+    assert facts["image_token_id"] == facts["tokenizer_length"] - 1
+    assert facts["embedding_rows"] - facts["tokenizer_length"] == 63
+
+
+def test_tiny_real_hub_key_layout_loads_every_tensor(tiny_real_bases, tiny_real_theworld):
+    from safetensors import safe_open
+    from transformers import Gemma3ForConditionalGeneration
+
+    with safe_open(str(Path(tiny_real_bases.gemma) / "model.safetensors"), framework="pt") as f:
+        disk = {key: f.get_tensor(key) for key in f.keys()}
+    assert any(key.startswith("language_model.model.layers.5.") for key in disk)
+    gemma, info = Gemma3ForConditionalGeneration.from_pretrained(tiny_real_bases.gemma, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    renamed = {_renamed(key): tensor for key, tensor in disk.items()}
+    state = gemma.state_dict()
+    assert set(state) - set(renamed) == {"lm_head.weight"}  # tied to the embeddings
+    assert set(renamed) <= set(state)
+    for key, tensor in renamed.items():
+        assert torch.equal(state[key], tensor), key
+    # TheWorld's fresh build around the same folder receives every tensor as well.
+    theworld = tiny_real_theworld.state_dict()
+    for key, tensor in renamed.items():
+        assert torch.equal(theworld[key], tensor), key
+
+
+def test_tiny_real_theworld_world_ids_have_embedding_rows(tiny_real_bases, tiny_real_theworld):
+    from transformers import AutoTokenizer
+
+    config = tiny_real_theworld.config
+    n_tokens = len(AutoTokenizer.from_pretrained(tiny_real_bases.gemma))
+    # The three world tokens follow <image_soft_token>, in the spare rows of the embedding matrix.
+    assert list(config.world_token_ids) == [n_tokens, n_tokens + 1, n_tokens + 2]
+    assert max(config.world_token_ids) < config.text_config.vocab_size
+    assert tiny_real_theworld.get_input_embeddings().weight.shape[0] == config.text_config.vocab_size
+    processor = tiny_real_theworld.processor
+    ids = (processor.start_of_world_token_id, processor.end_of_world_token_id, processor.world_token_id)
+    assert ids == config.world_token_ids
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -374,17 +480,13 @@ def test_scheduler_loads(tiny_bases):
     assert scheduler.sigmas[0] == pytest.approx(80.0, rel=1e-4)
 
 
-def test_tiny_cli_builds_loadable_bases(tmp_path):
+def test_tiny_cli_builds_loadable_bases(tmp_path, capsys):
     import os
-    import subprocess
-    import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "theworld.cli", "tiny", str(tmp_path / "b"), "--seed", "0"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"gemma:  {tmp_path / 'b' / 'gemma'}" in proc.stdout
+    from theworld.cli import main
+
+    assert main(["tiny", str(tmp_path / "b"), "--seed", "0"]) == 0
+    assert capsys.readouterr().out == f"gemma:  {tmp_path / 'b' / 'gemma'}\ncosmos: {tmp_path / 'b' / 'cosmos'}\n"
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(str(tmp_path / "b" / "gemma")).model_type == "gemma3"

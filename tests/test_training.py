@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,11 @@ def base_config(tiny_bases, vsr_data, out, **kw) -> TrainConfig:
     return TrainConfig(**fields)
 
 
+def error_line(stderr: str) -> str:
+    """The ``error: ...`` line of a command's stderr (progress bars end their lines with \\r)."""
+    return next(line for line in stderr.splitlines() if line.startswith("error: "))
+
+
 def trained_weights(path: str) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(path, "model.safetensors"))
 
@@ -98,6 +104,15 @@ def test_config_loads_yaml_and_json_with_overrides(tmp_path):
         ({"train_file": None}, r"exactly one of train_file"),
         ({"gemma_model_name": None}, r"gemma_model_name .* or init_from"),
         ({"adam_beta2": 1.0}, r"adam_beta2 must be in \[0, 1\)"),
+        ({"world_placement": "before_bos"}, r"world_placement must be one of \('after_image', 'after_bos'\)"),
+        ({"world_attention": "full"}, r"world_attention must be one of"),
+        ({"world_resize_mode": "stretch"}, r"world_resize_mode must be one of"),
+        ({"world_projection_mode": "pixel"}, r"world_projection_mode must be one of \('spatial', 'channel'\)"),
+        ({"world_pooling": 0}, r"world_pooling must be >= 1"),
+        ({"num_world_steps": -1}, r"num_world_steps must be >= 0"),
+        ({"rollout_num_inference_steps": 1}, r"rollout_num_inference_steps must be >= 2"),
+        ({"rollout_mode": "parallel"}, r"rollout_mode must be one of \('joint', 'autoregressive'\)"),
+        ({"dtype": "int8"}, r"dtype must be one of"),
     ],
 )
 def test_config_errors_name_the_field(fields, message):
@@ -109,7 +124,9 @@ def test_config_errors_name_the_field(fields, message):
         config_from_dict(data)
 
 
-def test_presets():
+def test_presets_map_to_the_model_config_freeze_flags(world_model_factory):
+    from theworld.checkpoint_theworld import parameter_counts
+
     assert preset_freeze_flags("projector", True) == {
         "freeze_gemma_language": True, "freeze_gemma_vision": True, "freeze_cosmos_vae": True,
     }
@@ -122,12 +139,29 @@ def test_presets():
         preset_freeze_flags("lm", True)
     with pytest.raises(ValueError, match="does not have"):
         preset_freeze_flags("projector", False)
+    # the flags are TheWorldConfig's own: projector+lm trains exactly the world modules, the LM and lm_head
+    model = world_model_factory(**preset_freeze_flags("projector+lm", True))
+    cfg = model.config
+    assert (cfg.freeze_gemma_language, cfg.freeze_gemma_vision, cfg.freeze_cosmos_vae) == (False, True, True)
+    trained = {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"model.world_projector", "model.world_boundary_embeddings", "model.language_model"}
+    assert model.lm_head.weight.requires_grad
+    assert parameter_counts(model)[0] > sum(p.numel() for p in model.model.world_projector.parameters())
 
 
 def test_every_field_is_documented():
     doc = (REPO / "README.md").read_text()
     missing = [name for name, help_text, _ in config_fields() if f"`{name}`" not in doc or not help_text]
     assert not missing, f"fields missing from the README: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid_and_explicit(name):
+    cfg = load_train_config(REPO / "configs" / name)
+    if cfg.init_from is None and cfg.enable_world is not False:
+        # a fresh world model states the world settings it relies on instead of inheriting the model's defaults
+        for field in ("world_image_size", "world_pooling", "world_projection_mode", "world_placement", "world_attention"):
+            assert getattr(cfg, field) is not None, f"{name} leaves {field} to the model's default"
 
 
 def test_lr_schedule():
@@ -193,7 +227,8 @@ def test_accumulation_and_batch_training_reach_the_same_weights(tiny_bases, vsr_
 
 @pytest.fixture(scope="module")
 def cli_run(tiny_bases, vsr_data, tmp_path_factory):
-    """`theworld train --config` in a subprocess: 4 steps, checkpoints every 2, duplicated images, eval at the end."""
+    """`theworld train --config`: 4 steps, checkpoints every 2, duplicated images, eval at the end (the console script's
+    own wiring, ``sys.exit(main())``, is tested in test_cli.py and test_distributed.py)."""
     out = tmp_path_factory.mktemp("cli") / "run"
     cfg = {
         "output_dir": str(out),
@@ -214,12 +249,13 @@ def cli_run(tiny_bases, vsr_data, tmp_path_factory):
     import yaml
 
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run(
-        [sys.executable, "-m", "theworld.cli", "train", "--config", str(path)], capture_output=True, text=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"out": out, "config": path, "stdout": proc.stdout, "stderr": proc.stderr}
+    from theworld.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(["train", "--config", str(path)])
+    assert rc == 0, stderr.getvalue()[-3000:]
+    return {"out": out, "config": path, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def test_cli_writes_metrics_curve_and_checkpoints(cli_run):
@@ -251,14 +287,16 @@ def test_cli_writes_metrics_curve_and_checkpoints(cli_run):
 def test_checkpoints_load_with_automodel(cli_run):
     from transformers import AutoModel
 
+    from theworld.checkpoint_theworld import trainable_state_dict
+
     ckpt = cli_run["out"] / "checkpoint-2"
     model = AutoModel.from_pretrained(str(ckpt))
     saved = trained_weights(str(ckpt))
-    assert set(saved) == set(model.trainable_state_dict())
+    assert set(saved) == set(trainable_state_dict(model))
     for k, v in saved.items():
         assert torch.equal(model.state_dict()[k], v)
-    assert not torch.equal(saved["world_projector.projection.0.weight"],
-                           trained_weights(str(cli_run["out"] / "final"))["world_projector.projection.0.weight"])
+    key = "model.world_projector.linear_1.weight"
+    assert not torch.equal(saved[key], trained_weights(str(cli_run["out"] / "final"))[key])
 
 
 def test_resume_continues_exactly(cli_run, tmp_path):
@@ -282,13 +320,14 @@ def test_resume_continues_exactly(cli_run, tmp_path):
 def test_resume_refuses_changed_settings_and_overwrite(cli_run, tmp_path, capsys):
     from theworld.cli import main
 
-    with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.002"):
-        main(["train", "--config", str(cli_run["config"]), "--set", f"output_dir={tmp_path / 'x'}",
-              "--set", f"resume_from={cli_run['out'] / 'checkpoint-2'}", "--set", "learning_rate=0.002"])
-    with pytest.raises(FileExistsError, match="resume_from: latest"):
-        main(["train", "--config", str(cli_run["config"])])
+    rc = main(["train", "--config", str(cli_run["config"]), "--set", f"output_dir={tmp_path / 'x'}",
+               "--set", f"resume_from={cli_run['out'] / 'checkpoint-2'}", "--set", "learning_rate=0.002"])
+    assert rc == 2
+    assert re.match(r"error: Cannot resume from .*learning_rate: 0.001 -> 0.002", error_line(capsys.readouterr().err))
+    assert main(["train", "--config", str(cli_run["config"])]) == 2
+    assert re.match(r"error: output_dir .* already holds .*resume_from: latest", error_line(capsys.readouterr().err))
     assert main(["train", "--config", str(cli_run["config"]), "--set", "bogus=1"]) == 2
-    assert "Unknown config field(s)" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("error: invalid config: Unknown config field(s)")
 
 
 def test_stage_two_starts_from_stage_one(cli_run, tiny_bases, vsr_data, tmp_path):
@@ -374,15 +413,29 @@ def test_baseline_trains_the_language_model_only(tiny_bases, vsr_data, tmp_path)
 
 def test_cached_latents_train_exactly_like_the_vae_with_rollout(tiny_bases, vsr_data, tmp_path):
     """Training on cached latents (here with one rollout step, latents (z, 2, h, w)) equals encoding every step."""
+    from theworld.latent_cache import LatentCache
+
     runs = {}
     for cached in (True, False):
         t = Trainer(base_config(tiny_bases, vsr_data, tmp_path / str(cached), num_world_steps=1, max_steps=2,
+                                rollout_num_inference_steps=3, rollout_guidance_scale=2.0,
                                 cache_world_latents=cached, max_train_samples=8))
         summary = t.train()
         runs[cached] = trained_weights(summary["final_checkpoint"])
         if cached:
             assert summary["latent_cache"]["train_encoded"] == 8
             assert t.cache.fields["num_world_steps"] == 1 and "rollout_seed" in t.cache.fields
+            # each rollout setting (and the rollout weights) is part of the namespace
+            namespaces = {t.cache.namespace}
+            assert (t.model.config.rollout_num_inference_steps, t.model.config.rollout_guidance_scale) == (3, 2.0)
+            for key, value in (("rollout_mode", "autoregressive"), ("rollout_seed", 5),
+                               ("rollout_num_inference_steps", 4), ("rollout_guidance_scale", 3.0)):
+                setattr(t.model.config, key, value)
+                namespaces.add(LatentCache(tmp_path / "ns", t.model).namespace)
+            with torch.no_grad():
+                next(t.model.model.world_rollout.parameters()).add_(1e-3)
+            namespaces.add(LatentCache(tmp_path / "ns", t.model).namespace)
+            assert len(namespaces) == 6
             z = t.model.config.latent_channels
             assert t.train_data[0]["world_latents"].shape == (z, 2, 8, 8)
         else:
@@ -403,12 +456,27 @@ def test_latent_cache_keys_and_invalid_files(world_model, world_model_factory, v
     again = LatentCache(tmp_path, world_model)
     assert again.prepare([ds[1]], world_model.processor) == [keys[1]] and again.stats["encoded"] == 0
     with torch.no_grad():
-        direct = world_model.encode_world(world_model.processor.preprocess_world_images([ds[1]["image"]]))[0]
+        direct = world_model.encode_world(world_model.processor.world_pixel_values([ds[1]["image"]]))[0]
     torch.testing.assert_close(again.get(keys[1]), direct)  # encoded in a batch of 3 there, alone here
     # another world setting (image size) lives in another namespace
     other = LatentCache(tmp_path, world_model_factory(world_image_size=32))
     assert other.namespace != cache.namespace and other.fields["world_image_size"] == 32
-    assert cache.fields["vae_fingerprint"] == world_model.config.base_fingerprints["cosmos_vae"]
+    assert cache.fields["cosmos_fingerprints"] == world_model.config.base_fingerprints["cosmos"]
+    assert cache.fields["cosmos_fingerprints"]  # the recorded fingerprints of the Cosmos weights that were read
+    # every other setting the latents depend on moves them to another namespace too
+    seen = {other.namespace}
+    for key, value in (("world_resize_mode", "center_crop"), ("legacy_preprocessing", True)):
+        setattr(other.model.config, key, value)
+        seen.add(LatentCache(tmp_path, other.model).namespace)
+    other.model.config.world_config.latents_mean = [0.0] * other.model.config.latent_channels
+    seen.add(LatentCache(tmp_path, other.model).namespace)
+    encoder = other.model.model.world_encoder
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1e-3)  # a fine-tuned encoder
+    seen.add(LatentCache(tmp_path, other.model).namespace)
+    encoder.to(torch.bfloat16)
+    seen.add(LatentCache(tmp_path, other.model).namespace)
+    assert len(seen) == 6
     # a corrupt file is never trusted: it is rejected and re-encoded
     before = cache.get(keys[0])
     path = cache.path(keys[0])

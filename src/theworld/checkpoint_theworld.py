@@ -27,17 +27,24 @@ Loading
   ``model.world_encoder.``, the DiT under ``model.world_rollout.transformer.`` when rollout is on) and the checkpoint's
   tensors are opened with ``safetensors.safe_open`` (memory-mapped, lazily sliced) and handed to
   ``from_pretrained(None, config=..., state_dict=...)`` as one state dict, the checkpoint's tensors last.
-* Everything is strict: a missing, unexpected or mis-shaped key, a non-finite value or a non-float tensor is an error
-  naming the key; nothing is loaded partially.
-* Loading never writes, moves or deletes a file, and never runs code from the checkpoint: the processor and tokenizer
-  are TheWorld's own classes over native transformers sub-processors.
+* Checkpoints of theworld 0.1.0 (format 1: ``cosmos_vae.*``/``world_projector.projection.*`` keys) and of the earlier
+  research code (``model_type: "the_world"``) are renamed on the fly; the research format keeps its input path
+  (``legacy_preprocessing``) and a log line says which preprocessing is in force.
+* Everything is strict: a missing, unexpected or mis-shaped key, a non-finite value (``allow_non_finite_weights=True``
+  accepts them) or a tensor stored as an integer or bool dtype is an error naming the key; nothing loads partially.
+* Loading is read-only and runs no code from the checkpoint: it never creates, moves or deletes a file (not even the
+  leftovers of an interrupted save, which only `save_checkpoint` or an explicit `recover_interrupted_save` touch), and
+  the processor and tokenizer are TheWorld's own classes over native transformers sub-processors.
+* A local folder is read through one open handle of its directory, so a concurrent save that publishes another
+  checkpoint under the same name cannot mix two checkpoints into one load (the load notices and reads again).
 
 Saving
 ------
-A checkpoint is written into a staging folder next to the target and published with one atomic directory exchange
-(``renameat2(RENAME_EXCHANGE)`` on Linux; two renames elsewhere). Readers see the old checkpoint or the new one, never
-a mixture; a crash leaves the previous checkpoint intact; of two concurrent saves the last one wins. A load that
-overlaps a publish notices the exchanged folder and reads again.
+A checkpoint is written into a locked staging folder next to the target and published with one atomic directory
+exchange (``renameat2(RENAME_EXCHANGE)`` on Linux; two renames elsewhere). Readers see the old checkpoint or the new
+one, never a mixture; a crash (even ``kill -9``) or a full disk leaves the previous checkpoint intact and the next save
+removes the dead staging folder; of two concurrent saves the last one wins. Saving the same model twice writes the same
+bytes.
 """
 
 from __future__ import annotations
@@ -51,9 +58,10 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
+import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -67,11 +75,17 @@ from .configuration_theworld import (
     ARCHITECTURE_FIELDS,
     CHECKPOINT_FORMAT_VERSION,
     LOAD_TIME_FIELDS,
+    PROVENANCE_ATTRIBUTES,
     TheWorldConfig,
     TheWorldEncoderConfig,
 )
 from .processing_theworld import TheWorldProcessor
 from .world_encoder_theworld import is_unused_diffusers_key
+
+try:  # POSIX: staging folders are locked by their living saver
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: stale staging folders are recognised by age instead
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -112,23 +126,45 @@ OWNED_FILES = (
     "chat_template.json",
     *REMOTE_CODE_FILES,
 )
+#: Staging folders of a save of ``<parent>/<name>`` are ``<parent>/.<name>.theworld-staging-<random>``.
 STAGING_TAG = ".theworld-staging-"
-STAGING_MARKER = ".theworld-staging"
+#: A staging folder being created (renamed to a ``STAGING_TAG`` name once its saver holds its lock).
+NEW_STAGING_TAG = ".theworld-new-"
+#: theworld 0.1.0 staged saves *inside* the checkpoint folder and marked a finished staging with this file.
+LEGACY_STAGING_PREFIX = ".theworld-staging-"
+LEGACY_COMPLETE_MARKER = ".theworld-complete"
 #: safetensors metadata key holding the sha256 of a partial checkpoint's tensors (checked on load).
 DIGEST_KEY = "theworld_tensors_sha256"
+#: config.json key: sha256 of the rest of the saved config. ``AutoModel`` reads config.json before the weights; the
+#: loader compares this digest to notice a concurrent save that replaced the folder in between: a config read from the
+#: previous checkpoint and left unchanged is replaced by the folder's own; one the user changed is refused.
+CONFIG_DIGEST_KEY = "theworld_config_digest"
 #: Load-time keyword arguments of TheWorld itself (everything else goes to transformers' ``from_pretrained``).
 THEWORLD_LOAD_KWARGS = ("ignore_fingerprint_mismatch", "allow_non_finite_weights", "checkpoint_name")
+#: Keyword arguments of ``save_pretrained`` that only matter for ``push_to_hub=True``.
+PUSH_KWARGS = ("repo_id", "token", "private", "commit_message", "commit_description", "revision", "create_pr", "tags")
+#: Keyword arguments of `PreTrainedModel.save_pretrained` that have no effect on a TheWorld checkpoint.
+IGNORED_SAVE_KWARGS = ("save_function", "save_peft_format", "save_original_format")
+#: How often a load of a local folder is retried when a concurrent save replaced the folder while it was read.
+LOAD_ATTEMPTS = 8
 
 #: Called after the files of a checkpoint are staged, before it is published: ``hook(model, folder, kind, state)``.
 #: The theworld package registers its model-card writer here (the card lives outside the remote-code files).
 SAVE_HOOKS: list[Callable[[Any, str, str, dict], None]] = []
+#: Uploads a published checkpoint folder: ``hook(folder, repo_id, **push_kwargs)``; registered by ``theworld.hub``
+#: (hub upload lives outside the remote-code files).
+UPLOAD_HOOKS: list[Callable[..., Any]] = []
 
 
 # ======================================================================================================================
 # safetensors: every read goes through safe_open, here
 # ======================================================================================================================
 class SafetensorsFile:
-    """One safetensors file opened with ``safe_open`` (memory-mapped); tensors are read lazily, slice by slice."""
+    """One safetensors file opened with ``safe_open`` (memory-mapped); tensors are read lazily, slice by slice.
+
+    The safetensors library validates the header when the file is opened (offsets inside the file, no overlapping
+    or missing byte ranges, known dtypes); a file it rejects is a `ValueError` naming the file.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -189,14 +225,38 @@ class SafetensorsFile:
         return "sha256s:" + digest.hexdigest()
 
 
+def _digest_update(digest, name: str, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def tensors_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, dtypes, shapes and raw bytes of ``state``'s tensors (name order)."""
     digest = hashlib.sha256()
     for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _digest_update(digest, name, state[name])
     return digest.hexdigest()
+
+
+def is_float_dtype(stored: str) -> bool:
+    """Whether a safetensors dtype string (``"F32"``, ``"BF16"``, ``"F8_E4M3"``, ``"I32"``, ``"BOOL"`` ...) is a
+    floating-point type."""
+    return stored.startswith(("F", "BF"))
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with a canonical header, so that saving the same tensors twice writes the same
+    bytes (safetensors writes its metadata map in a random order; the header of the file just written is re-serialised
+    with sorted keys at the same length)."""
+    save_file(state, path, metadata=metadata)
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) <= length:
+            f.seek(8)
+            f.write(canonical + b" " * (length - len(canonical)))
 
 
 # ======================================================================================================================
@@ -245,6 +305,8 @@ def weight_files(source: str, stem: str, subfolder: str = "", **hub_kwargs) -> l
     index = resolve_file(source, f"{stem}.safetensors.index.json", subfolder, **hub_kwargs)
     if index:
         shards = sorted(set(read_json(index)["weight_map"].values()))
+        if any(not _is_plain_name(s) for s in shards):
+            raise ValueError(f"{index} names shards outside its folder ({shards[:5]}); the index is damaged.")
         files = [resolve_file(source, s, subfolder, **hub_kwargs) for s in shards]
         missing = [s for s, p in zip(shards, files) if not p]
         if missing:
@@ -262,9 +324,23 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
+def _is_plain_name(name: Any) -> bool:
+    """A file name with no directory part, not hidden, not ``.``/``..``: the only names recovery ever moves."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and name == os.path.basename(name)
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and not name.startswith(".")
+    )
+
+
 def portable_source(source: str) -> str:
     """Hub ids stay as they are; an existing local folder is recorded as an absolute path (with a warning: a checkpoint
     that names a local base folder loads only where that folder exists)."""
+    source = os.fspath(source)
     if os.path.isdir(source):
         absolute = os.path.abspath(source)
         logger.warning(
@@ -275,6 +351,140 @@ def portable_source(source: str) -> str:
         )
         return absolute
     return source
+
+
+class _PinnedFolder:
+    """A local checkpoint folder held open for one load.
+
+    Saves never change a published folder: they publish a new one under the same name (one atomic exchange) and then
+    delete the old one, but only while no load reads it. A load holds a shared lock (``flock``) on the directory it
+    reads; a save deletes a replaced folder only under an exclusive lock and otherwise leaves it to a later save. On
+    Linux every file is read through ``/proc/self/fd/<n>``, the locked directory itself, so a load reads exactly the
+    folder that was published when it started, even while newer ones are published. Where directories cannot be
+    locked or read through ``/proc``, files are read by name and a load that saw the folder replaced reads again.
+    Taking the lock changes no file or directory entry.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.fd: int | None = None
+        self.locked = False
+        self.names: list[str] = []
+        for _ in range(LOAD_ATTEMPTS * 4):
+            try:
+                fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except OSError:
+                break  # cannot hold directories open here (Windows): read by name
+            locked = _shared_lock(fd)
+            names = self._names(fd)
+            if self._identity(folder) == self._fd_identity(fd):  # still the published folder, now held
+                self.fd, self.names, self.locked = fd, names, locked
+                break
+            os.close(fd)  # replaced meanwhile: take the new one
+        via_proc = self.fd is not None and os.path.isdir(f"/proc/self/fd/{self.fd}")
+        self.root = f"/proc/self/fd/{self.fd}" if via_proc else folder
+
+    @staticmethod
+    def _identity(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    @staticmethod
+    def _fd_identity(fd: int) -> tuple[int, int]:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
+
+    @staticmethod
+    def _names(fd: int) -> list[str]:
+        try:
+            return sorted(os.listdir(fd))
+        except (TypeError, NotImplementedError, OSError):
+            return []
+
+    def intact(self) -> bool:
+        """Whether everything read during the load came from the one folder that was published when it started."""
+        if self.fd is None:
+            return True
+        if self.root != self.folder and (self.locked or self._names(self.fd) == self.names):
+            return True  # read through the held directory, which no save deleted from
+        return self._identity(self.folder) == self._fd_identity(self.fd) and self._names(self.fd) == self.names
+
+    def shown(self, text: str) -> str:
+        return text.replace(self.root, self.folder) if self.root != self.folder else text
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _shared_lock(fd: int) -> bool:
+    """Take a shared lock on the directory ``fd`` (waiting while a save deletes it); ``False`` where impossible."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        return False
+    return True
+
+
+def _check_legacy_staging(folder: str) -> None:
+    """Refuse a folder in which a theworld 0.1.0 save was interrupted after it had committed: some of its files may
+    be from the new checkpoint and some from the old one. Loading only looks; it repairs nothing."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(LEGACY_STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
+            if os.path.lexists(os.path.join(entry.path, LEGACY_COMPLETE_MARKER)):
+                raise ValueError(
+                    f"{folder} holds {entry.name}/, a save by theworld 0.1.0 that was interrupted while publishing: "
+                    "the folder may mix two checkpoints, so it is not loaded (loading never modifies files). Repair "
+                    "it explicitly with theworld.checkpoint_theworld.recover_interrupted_save(folder), or save the "
+                    "checkpoint again."
+                )
+
+
+def recover_interrupted_save(folder: str) -> list[str]:
+    """Finish a save by theworld 0.1.0 that was killed while publishing into ``folder`` (an explicit repair; loading
+    never does this). Returns the file names moved into place.
+
+    A staging folder ``.theworld-staging-*`` inside ``folder`` with a ``.theworld-complete`` marker had all its files
+    written: the files the marker lists are moved into ``folder``, then weight files of the previous checkpoint that
+    the marker does not list are removed. Only plain file names are honoured (no directory part, not hidden, regular
+    files of the staging folder); anything else in a marker is ignored with a warning. A staging folder without a
+    marker never published anything and is removed.
+    """
+    moved: list[str] = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not (entry.name.startswith(LEGACY_STAGING_PREFIX) and entry.is_dir(follow_symlinks=False)):
+            continue
+        marker = os.path.join(entry.path, LEGACY_COMPLETE_MARKER)
+        if os.path.isfile(marker):
+            listed = read_json(marker)
+            names = [n for n in listed if _is_plain_name(n)] if isinstance(listed, list) else []
+            ignored = [n for n in listed if n not in names] if isinstance(listed, list) else [listed]
+            if ignored:
+                logger.warning("%s lists entries that are not plain file names; ignored: %s", marker, ignored[:10])
+            for name in sorted(names, key=lambda n: (n == "config.json", n)):  # config.json last, as 0.1.0 did
+                src = os.path.join(entry.path, name)
+                if os.path.isfile(src) and not os.path.islink(src):
+                    os.replace(src, os.path.join(folder, name))
+                    moved.append(name)
+            weights = ("model.safetensors", "model.safetensors.index.json")
+            if any(n in weights for n in names):  # the new weights are in place: drop the previous checkpoint's
+                for name in os.listdir(folder):
+                    path = os.path.join(folder, name)
+                    stale = name in weights or (name.startswith("model-") and name.endswith(".safetensors"))
+                    if stale and name not in names and os.path.isfile(path) and not os.path.islink(path):
+                        os.remove(path)
+        shutil.rmtree(entry.path, ignore_errors=True)
+    return moved
 
 
 # ======================================================================================================================
@@ -289,110 +499,150 @@ def load_pretrained(cls, source, *model_args, **kwargs):
         config: a `TheWorldConfig` (what ``AutoModel`` passes, with its own load-time overrides applied).
         subfolder / checkpoint_name: a ``checkpoint-N/`` folder of a repo.
         ignore_fingerprint_mismatch: warn instead of failing when the base weights differ from those recorded.
-        allow_non_finite_weights: accept NaN/Inf in the checkpoint's tensors (refused by default).
+        allow_non_finite_weights: accept NaN/Inf in the checkpoint's tensors (refused by default, naming them).
         **kwargs: hub arguments (``revision``, ``token``, ``cache_dir``, ``local_files_only`` ...), transformers'
             loading arguments (``dtype``, ``device_map``, ``attn_implementation``, ``output_loading_info``,
             ``key_mapping`` ...) and `TheWorldConfig` fields: world settings for a fresh build, or load-time overrides
-            for a checkpoint (freeze flags, base sources; architecture fields cannot change).
+            for a checkpoint (freeze flags, base sources; other fields cannot change at load time).
+
+    ``trust_remote_code`` is accepted and ignored: nothing from the checkpoint is ever executed here.
     """
     if model_args:
         raise TypeError("TheWorld's from_pretrained takes no positional arguments besides the model id or path.")
-    kwargs.pop("trust_remote_code", None)  # consent is the caller's business; nothing here runs checkpoint code
+    kwargs.pop("trust_remote_code", None)
     if source is None:
         return _load_full(cls, None, kwargs)
-    source = str(source)
-    if kwargs.get("checkpoint_name"):
-        kwargs["subfolder"] = kwargs.pop("checkpoint_name")
-    folder = os.path.join(source, kwargs.get("subfolder") or "")
+    source = os.fspath(source)
+    name = kwargs.pop("checkpoint_name", None)
+    if name:
+        kwargs["subfolder"] = name
+    folder = os.path.join(source, kwargs["subfolder"]) if kwargs.get("subfolder") else source
     if not os.path.isdir(folder):
-        return _load_once(cls, source, kwargs)
-    # A local folder may be republished by a concurrent save: load until the folder did not change underneath.
-    for attempt in range(5):
-        before = _folder_identity(folder)
+        result = _load_once(cls, source, kwargs)  # a hub repo id: read from the hub cache, which nothing here writes
+        _record_source(result, source)
+        return result
+    for attempt in range(LOAD_ATTEMPTS):
+        pin = _PinnedFolder(folder)
         try:
-            result = _load_once(cls, source, dict(kwargs))
-        except Exception:
-            if _folder_identity(folder) != before:
-                time.sleep(0.05 * (attempt + 1))
-                continue
-            raise
-        if _folder_identity(folder) == before:
-            return result
-        logger.info("%s was republished while loading it; loading again.", folder)
-    raise RuntimeError(f"{folder} kept being replaced by concurrent saves while loading it; retry when saving stops.")
+            try:
+                result = _load_once(cls, pin.root, dict(kwargs, subfolder=""), shown=folder)
+            except Exception as err:
+                if pin.intact():
+                    err.args = tuple(pin.shown(a) if isinstance(a, str) else a for a in err.args)
+                    raise
+                result = None
+            if result is not None and pin.intact():
+                _record_source(result, source if not kwargs.get("subfolder") else folder)
+                return result
+        finally:
+            pin.close()
+        logger.info("%s was replaced by a concurrent save while it was read; reading the new checkpoint.", folder)
+        time.sleep(0.02 * (attempt + 1))
+    raise RuntimeError(
+        f"{folder} was replaced by concurrent saves {LOAD_ATTEMPTS} times while loading it; load it again when the "
+        "saving stops."
+    )
 
 
-def _folder_identity(folder: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(folder)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino)
+def _record_source(result, source: str) -> None:
+    model = result[0] if isinstance(result, tuple) else result
+    model.config.name_or_path = source
+    model.name_or_path = source
+    processor = getattr(model, "processor", None)
+    for part in (processor, getattr(processor, "tokenizer", None)):
+        if part is not None and hasattr(part, "name_or_path"):
+            part.name_or_path = source
 
 
-def _load_once(cls, source: str, kwargs: dict):
+def _load_once(cls, source: str, kwargs: dict, shown: str | None = None):
+    """One load of ``source``; ``shown`` names a pinned local folder in messages."""
     subfolder = kwargs.get("subfolder") or ""
     hub = hub_kwargs_from(kwargs)
     config_path = resolve_file(source, "config.json", subfolder, **hub)
     if config_path is None:
-        where = f"{source}/{subfolder}" if subfolder else source
+        where = shown or (f"{source}/{subfolder}" if subfolder else source)
         raise FileNotFoundError(
             f"No config.json at {where}. Pass a Gemma 3 model or a TheWorld checkpoint (a folder or hub repo id); for "
             "a hub repo check the id and revision, and that the hub cache holds it when HF_HUB_OFFLINE=1."
         )
+    if shown is not None:
+        _check_legacy_staging(source)
     raw = read_json(config_path)
-    model_type = raw.get("model_type")
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
     if model_type == "gemma3":
-        return _load_fresh(cls, source, raw, config_path, kwargs)
+        return _load_fresh(cls, source, raw, config_path, kwargs, name=shown or source)
     if model_type == "the_world":
         return _load_partial(cls, source, raw, kwargs, earlier_format="research")
     if model_type == "theworld":
         stored = TheWorldConfig.from_dict(copy.deepcopy(raw))
         earlier = "0.1.0" if int(raw.get("checkpoint_format_version", 1)) < 2 else None
-        if stored.checkpoint_kind == "full":
-            return _load_full(cls, source, kwargs, raw=raw, stored=stored)
-        return _load_partial(cls, source, raw, kwargs, earlier_format=earlier)
+        if stored.checkpoint_kind == "full" and earlier is None:
+            return _load_full(cls, source, kwargs, stored=stored)
+        # CODEPATH: 0.1.0 full checkpoints hold every weight under 0.1.0's names: renamed like a partial, no bases.
+        bases = stored.checkpoint_kind != "full"
+        return _load_partial(cls, source, raw, kwargs, earlier_format=earlier, bases=bases, stored=stored)
     raise ValueError(
-        f"{source} has model_type {model_type!r}; TheWorld loads Gemma 3 models ('gemma3') and TheWorld checkpoints "
-        "('theworld', or 'the_world' from the earlier research code)."
+        f"{shown or source} has model_type {model_type!r}; TheWorld loads Gemma 3 models ('gemma3') and TheWorld "
+        "checkpoints ('theworld', or 'the_world' from the earlier research code)."
     )
 
 
 # ---------------------------------------------------------------------------------------------------------- config
+#: `TheWorldConfig` fields a config handed in by ``AutoModel`` is compared on (its user overrides); the sub-configs
+#: and the provenance bookkeeping written by saves are not.
+_NOT_COMPARED = ("text_config", "vision_config", "world_config", "base_models", "checkpoint_kind",
+                 "checkpoint_format_version", "theworld_version", "dtype")  # fmt: skip
+
+
+def _config_fields() -> list[str]:
+    fields = [f for f in TheWorldConfig.__dataclass_fields__ if not f.startswith("_") and f not in _NOT_COMPARED]
+    return fields + list(PROVENANCE_ATTRIBUTES)
+
+
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict, dict]:
     """``(config field overrides, TheWorld options, transformers loading kwargs)``."""
-    fields = set(TheWorldConfig.__dataclass_fields__) | {
-        "gemma_model_name",
-        "gemma_revision",
-        "cosmos_model_name",
-        "cosmos_revision",
-    }
-    fields -= {"text_config", "vision_config", "world_config", "dtype"}
+    fields = set(_config_fields())
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in THEWORLD_LOAD_KWARGS}
     return overrides, options, kwargs
 
 
-def _apply_overrides(stored: TheWorldConfig, given: TheWorldConfig | None, overrides: dict) -> TheWorldConfig:
-    """The checkpoint's config with the allowed load-time changes; architecture changes are refused."""
+def _apply_overrides(stored: TheWorldConfig, given: TheWorldConfig | None, overrides: dict, source: str):
+    """The checkpoint's config with the allowed load-time changes; any other change is refused.
+
+    ``given`` is the config ``AutoModel`` read (``AutoConfig.from_pretrained(source, **user_kwargs)``): its fields
+    that differ from the checkpoint's are the user's overrides, checked exactly like keyword arguments.
+    """
     config = copy.deepcopy(stored)
     requested = dict(overrides)
-    if given is not None:  # AutoModel hands over a config it already changed with the user's keyword arguments
-        for key in ARCHITECTURE_FIELDS + LOAD_TIME_FIELDS:
-            if getattr(given, key) != getattr(stored, key):
-                requested.setdefault(key, getattr(given, key))
+    if given is not None:
         config._attn_implementation = given._attn_implementation
+        theirs, ours = getattr(given, CONFIG_DIGEST_KEY, None), getattr(stored, CONFIG_DIGEST_KEY, None)
+        if theirs is not None and ours is not None and theirs != ours:
+            if config_digest(given) == theirs:
+                given = None  # another save's config as it was saved, nothing changed by the user: use this one's
+            else:
+                raise ValueError(
+                    f"The config handed to from_pretrained (config=, or the one AutoModel read first) is not the "
+                    f"config of {source}: it was read from another checkpoint, or a concurrent save replaced {source} "
+                    "after it was read. Load again; to change settings pass them as keyword arguments, not config=."
+                )
+    if given is not None:
+        for key in _config_fields():
+            if getattr(given, key, None) != getattr(stored, key, None):
+                requested.setdefault(key, getattr(given, key, None))
+    requested = {k: v for k, v in requested.items() if v != getattr(stored, k, None)}
     for key, value in requested.items():
-        if key in ARCHITECTURE_FIELDS and value != getattr(stored, key):
+        if key in ARCHITECTURE_FIELDS:
             raise ValueError(
                 f"The checkpoint was built with {key}={getattr(stored, key)!r} but {key}={value!r} was passed. "
-                "Architecture fields cannot change at load time: drop the argument, or build a new model from the "
-                "Gemma base with the new setting."
+                f"{key} is an architecture field and cannot change at load time: drop the argument, or build a new "
+                "model from the Gemma base with the new setting."
             )
-        if key not in ARCHITECTURE_FIELDS + LOAD_TIME_FIELDS:
+        if key not in LOAD_TIME_FIELDS:
             raise ValueError(
-                f"{key} cannot change at load time (it is fixed by the checkpoint). Load-time overrides are: "
-                f"{', '.join(LOAD_TIME_FIELDS)}."
+                f"{key} cannot change at load time (the checkpoint has {key}={getattr(stored, key)!r}, "
+                f"{value!r} was passed). Load-time overrides are: {', '.join(LOAD_TIME_FIELDS)}."
             )
     for base in ("gemma", "cosmos"):  # a new source invalidates the recorded commit unless a revision comes with it
         if f"{base}_model_name" in requested and f"{base}_revision" not in requested:
@@ -442,11 +692,12 @@ def fresh_config(gemma_source: str, gemma_raw: dict, config_path: str, overrides
     config.gemma_model_name = portable_source(gemma_source)
     config.gemma_revision = commit_of(config_path)
     config.cosmos_model_name = cosmos
-    # CODEPATH-free: enable_world=False builds are Gemma 3 and read nothing from Cosmos.
+    # CODEPATH: enable_world=False builds are exactly Gemma 3 and read nothing from Cosmos; world builds read its VAE.
     if config.enable_world:
         vae_raw, vae_path = _vae_source_config(cosmos, cosmos_revision, hub)
         config.world_config = TheWorldEncoderConfig.from_vae_config(vae_raw)
         config.cosmos_revision = commit_of(vae_path) or cosmos_revision
+        # CODEPATH: rollout builds (num_world_steps > 0 or load_full_cosmos_pipeline) also record the DiT geometry.
         if config.rollout_enabled:
             kw = _cosmos_hub(config, hub)
             found = {}
@@ -465,20 +716,21 @@ def fresh_config(gemma_source: str, gemma_raw: dict, config_path: str, overrides
     return config
 
 
-def _cosmos_hub(config: TheWorldConfig, hub: dict) -> dict:
+def _pinned_hub(hub: dict, revision: str | None) -> dict:
+    """Hub kwargs for a base model: its own recorded revision (when there is one) instead of the checkpoint's."""
     kw = dict(hub)
     kw.pop("revision", None)
-    if config.cosmos_revision:
-        kw["revision"] = config.cosmos_revision
+    if revision:
+        kw["revision"] = revision
     return kw
+
+
+def _cosmos_hub(config: TheWorldConfig, hub: dict) -> dict:
+    return _pinned_hub(hub, config.cosmos_revision)
 
 
 def _gemma_hub(config: TheWorldConfig, hub: dict) -> dict:
-    kw = dict(hub)
-    kw.pop("revision", None)
-    if config.gemma_revision:
-        kw["revision"] = config.gemma_revision
-    return kw
+    return _pinned_hub(hub, config.gemma_revision)
 
 
 # ---------------------------------------------------------------------------------------------------------- sources
@@ -509,21 +761,108 @@ def rename_earlier_key(key: str) -> str | None:
     return key
 
 
+#: Gemma 3 checkpoints on the hub keep the pre-5.x key layout; TheWorld's state dict uses transformers 5's. Base keys
+#: are renamed before loading, so that a checkpoint tensor (already in today's layout) always replaces its base tensor.
+GEMMA_KEY_RENAMES = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+
+
+def gemma_key(key: str) -> str:
+    """Today's name of a Gemma 3 base tensor (hub layout or transformers 5 layout)."""
+    for old, new in GEMMA_KEY_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def fp32_prefixes(config: TheWorldConfig) -> tuple[str, ...]:
+    """State-dict prefixes kept in float32 whatever the load dtype (``_keep_in_fp32_modules_strict``)."""
+    prefixes = ("model.world_projector.", "model.world_boundary_embeddings.", "model.world_step_embeddings.")
+    # CODEPATH: world_encoder_dtype="float32" checkpoints (the default) keep the encoder in float32; None follows.
+    if config.world_encoder_dtype == "float32":
+        prefixes += ("model.world_encoder.",)
+    return prefixes
+
+
+def _target_dtype(requested, config: TheWorldConfig) -> torch.dtype:
+    """The dtype the model's parameters load in (before the float32 exceptions)."""
+    if requested in (None, "auto"):
+        requested = config.dtype or torch.float32
+    if isinstance(requested, str):
+        requested = getattr(torch, requested, torch.float32)
+    return requested if isinstance(requested, torch.dtype) else torch.float32
+
+
+def check_float_tensors(f: SafetensorsFile, param_dtype: Callable[[str], torch.dtype], names: dict | None = None):
+    """Every TheWorld weight and buffer is floating point: a tensor stored as an integer or bool dtype (a damaged
+    header, a foreign file) cannot represent it. The error names the key, the stored dtype and the parameter's."""
+    for key in f.keys():
+        stored = f.dtype(key)
+        if is_float_dtype(stored):
+            continue
+        name = (names or {}).get(key, key)
+        raise ValueError(
+            f"{f.path}: tensor {key!r} is stored as {stored}, but the parameter {name!r} is {param_dtype(name)}: an "
+            f"integer or bool dtype ({stored}) cannot represent a floating-point parameter. The file is damaged or "
+            "belongs to another model; nothing was loaded."
+        )
+
+
+def _non_finite_error(bad: list[str], where: str, allow: bool) -> None:
+    if not bad:
+        return
+    message = (
+        f"{where} holds non-finite values (NaN or Inf) in {bad[:10]}{' ...' if len(bad) > 10 else ''}. It was saved "
+        "from a diverged run or is damaged; pass allow_non_finite_weights=True to load it anyway."
+    )
+    if not allow:
+        raise ValueError(message)
+    logger.warning(message)
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether a tensor holds no NaN or Inf. One summing pass (a NaN or Inf anywhere makes the float32 sum non-finite;
+    about 25x faster than ``isfinite().all()`` on CPU); only a sum that overflowed is checked element by element."""
+    if not tensor.is_floating_point() or tensor.numel() == 0 or tensor.device.type == "meta":
+        return True
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
+def check_finite(model: torch.nn.Module, keys: Iterable[str] | None, allow: bool, where: str) -> None:
+    """Refuse NaN/Inf in the named parameters/buffers (all when ``keys`` is ``None``); ``allow_non_finite_weights=True``
+    downgrades the error to a warning. Tensors offloaded to the meta device are not checked."""
+    state = model.state_dict()
+    names = state if keys is None else [k for k in keys if k in state]
+    _non_finite_error([k for k in names if not all_finite(state[k])], where, allow)
+
+
 class _Sources:
     """The safetensors files of one load, kept open (memory-mapped) until transformers has read them."""
 
-    def __init__(self):
+    def __init__(self, config: TheWorldConfig, dtype: torch.dtype):
+        self.config = config
+        self.dtype = dtype
         self.files: list[SafetensorsFile] = []
         self.state: dict[str, Any] = {}
         self.origin: dict[str, str] = {}
         self.fingerprints: dict[str, dict[str, str]] = {"gemma": {}, "cosmos": {}}
+
+    def param_dtype(self, key: str) -> torch.dtype:
+        return torch.float32 if key.startswith(fp32_prefixes(self.config)) else self.dtype
 
     def open(self, path: str) -> SafetensorsFile:
         f = SafetensorsFile(path)
         self.files.append(f)
         return f
 
-    def add_gemma(self, config: TheWorldConfig, hub: dict) -> None:
+    def add_gemma(self, hub: dict) -> None:
+        config = self.config
         kw = _gemma_hub(config, hub)
         try:
             paths = weight_files(config.gemma_model_name, "model", **kw)
@@ -535,80 +874,84 @@ class _Sources:
             ) from err
         for path in paths:
             f = self.open(path)
+            names = {k: gemma_key(k) for k in f.keys()}
+            check_float_tensors(f, self.param_dtype, names)
             self.fingerprints["gemma"][os.path.basename(path)] = f.fingerprint()
-            for key in f.keys():
-                self.state[key] = f.lazy(key)
-                self.origin[key] = "gemma"
+            for key, name in names.items():
+                self.state[name] = f.lazy(key)
+                self.origin[name] = "gemma"
 
-    def add_cosmos(self, config: TheWorldConfig, hub: dict) -> None:
+    def add_cosmos(self, hub: dict) -> None:
+        config = self.config
         kw = _cosmos_hub(config, hub)
         for path in weight_files(config.cosmos_model_name, "diffusion_pytorch_model", "vae", **kw):
             f = self.open(path)
             keys = [k for k in f.keys() if k.startswith(("encoder.", "quant_conv.")) and not is_unused_diffusers_key(k)]
+            names = {k: "model.world_encoder." + k for k in keys}
+            check_float_tensors(_Subset(f, keys), self.param_dtype, names)
             self.fingerprints["cosmos"]["vae/" + os.path.basename(path)] = f.fingerprint(keys)
-            for key in keys:
-                self.state["model.world_encoder." + key] = f.lazy(key)
-                self.origin["model.world_encoder." + key] = "cosmos"
-        # CODEPATH-free: only rollout models (num_world_steps > 0 or load_full_cosmos_pipeline) read the DiT.
+            for key, name in names.items():
+                self.state[name] = f.lazy(key)
+                self.origin[name] = "cosmos"
+        # CODEPATH: only rollout checkpoints (num_world_steps > 0 or load_full_cosmos_pipeline) read the DiT.
         if config.rollout_enabled:
             for path in weight_files(config.cosmos_model_name, "diffusion_pytorch_model", "transformer", **kw):
                 f = self.open(path)
+                names = {k: "model.world_rollout.transformer." + k for k in f.keys()}
+                check_float_tensors(f, self.param_dtype, names)
                 self.fingerprints["cosmos"]["transformer/" + os.path.basename(path)] = f.fingerprint()
-                for key in f.keys():
-                    self.state["model.world_rollout.transformer." + key] = f.lazy(key)
-                    self.origin["model.world_rollout.transformer." + key] = "cosmos"
+                for key, name in names.items():
+                    self.state[name] = f.lazy(key)
+                    self.origin[name] = "cosmos"
 
-    def add_checkpoint(self, source: str, subfolder: str, hub: dict, earlier: bool) -> tuple[list[str], dict]:
-        """The checkpoint's tensors, last (they override the bases). Returns their keys and the header metadata."""
-        keys, metadata = [], {}
+    def add_checkpoint(
+        self, source: str, subfolder: str, hub: dict, earlier: bool, allow_non_finite: bool, where: str
+    ) -> tuple[list[str], dict]:
+        """The checkpoint's tensors, last (they override the bases), after checking their dtypes, their recorded
+        sha256 and that they are finite. Returns their (today's) keys and the header metadata."""
+        keys, metadata, bad = [], {}, []
         for path in weight_files(source, "model", subfolder, **hub):
             f = self.open(path)
             meta = f.metadata()
             recorded = meta.pop(DIGEST_KEY, None)
             metadata.update(meta)
-            check_float_tensors(f)
-            tensors = {}
+            names = {}
             for key in f.keys():
                 name = rename_earlier_key(key) if earlier else key
-                if name is None:
-                    continue
-                tensors[name] = f.tensor(key)
-            if recorded is not None and tensors_digest({k: f.tensor(k) for k in f.keys()}) != recorded:
+                if name is not None:  # None: an earlier checkpoint's tensor that never influenced outputs
+                    names[key] = name
+            check_float_tensors(f, self.param_dtype, names)
+            digest = hashlib.sha256() if recorded is not None else None
+            for key in sorted(f.keys()):  # one tensor in memory at a time
+                tensor = f.tensor(key)
+                if digest is not None:
+                    _digest_update(digest, key, tensor)
+                if key in names and not all_finite(tensor):
+                    bad.append(names[key])
+            if digest is not None and digest.hexdigest() != recorded:
                 raise ValueError(
                     f"{path} is corrupt: its tensors do not match the sha256 recorded when it was saved. Re-download "
                     "it (delete it from the hub cache) or save the checkpoint again."
                 )
-            for name, tensor in tensors.items():
-                self.state[name] = tensor
+            for key, name in names.items():
+                self.state[name] = f.lazy(key)
                 self.origin[name] = "checkpoint"
                 keys.append(name)
+        _non_finite_error(bad, where, allow_non_finite)
         return keys, metadata
 
 
-def check_float_tensors(f: SafetensorsFile) -> None:
-    """Every TheWorld weight and buffer is floating point: an integer or bool tensor is a damaged or foreign file."""
-    for key in f.keys():
-        dtype = f.dtype(key)
-        if not dtype.startswith(("F", "BF")):
-            raise ValueError(
-                f"{f.path}: tensor {key} is stored as {dtype}, but the model's {key} is a floating-point tensor; an "
-                f"integer or bool {dtype} cannot represent it. The file is damaged or belongs to another model."
-            )
+class _Subset:
+    """`SafetensorsFile` restricted to some keys (for `check_float_tensors`)."""
 
+    def __init__(self, f: SafetensorsFile, keys: list[str]):
+        self.path, self._f, self._keys = f.path, f, keys
 
-def check_finite(model: torch.nn.Module, keys: Iterable[str], allow: bool, where: str) -> None:
-    """Refuse NaN/Inf in the named parameters/buffers (``allow_non_finite_weights=True`` downgrades to a warning)."""
-    state = model.state_dict()
-    bad = [k for k in keys if k in state and state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
-    if not bad:
-        return
-    message = (
-        f"{where} holds non-finite (NaN or Inf) values in {bad[:10]}{' ...' if len(bad) > 10 else ''}. The checkpoint "
-        "was saved from a diverged run or is damaged; pass allow_non_finite_weights=True to load it anyway."
-    )
-    if not allow:
-        raise ValueError(message)
-    logger.warning(message)
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def dtype(self, key: str) -> str:
+        return self._f.dtype(key)
 
 
 def _check_fingerprints(recorded: dict, current: dict, ignore: bool) -> None:
@@ -639,7 +982,13 @@ def _strict_report(info: dict, allowed_missing: Iterable[str], what: str) -> Non
     allowed = tuple(allowed_missing)
     missing = sorted(k for k in info.get("missing_keys", []) if not k.startswith(allowed))
     unexpected = sorted(info.get("unexpected_keys", []))
-    mismatched = sorted(str(m) for m in info.get("mismatched_keys", []))
+    mismatched = []
+    for item in sorted(info.get("mismatched_keys", []), key=str):
+        if isinstance(item, tuple) and len(item) == 3:
+            key, theirs, ours = item
+            mismatched.append(f"{key}: checkpoint {tuple(theirs)} vs model {tuple(ours)}")
+        else:
+            mismatched.append(str(item))
     errors = [str(e) for e in info.get("error_msgs", [])]
     problems = []
     if unexpected:
@@ -657,34 +1006,83 @@ def _strict_report(info: dict, allowed_missing: Iterable[str], what: str) -> Non
         )
 
 
+class _LoadReportCapture(logging.Filter):
+    """Holds back transformers' "LOAD REPORT" warning of this thread's load: TheWorld's own strict check
+    (`_strict_report`) judges the same loading info and raises on every real problem, so the report would only repeat
+    it, or list the world modules a fresh build initialises on purpose. If transformers itself fails, the held-back
+    report is logged after all (its error refers to it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread == self.thread and "LOAD REPORT" in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
+
+
 def _transformers_from_pretrained(cls, source, **kwargs):
-    """transformers' own ``PreTrainedModel.from_pretrained`` for ``cls``, always with loading info."""
-    want_info = kwargs.pop("output_loading_info", False)
-    model, info = PreTrainedModel.from_pretrained.__func__(cls, source, output_loading_info=True, **kwargs)
-    return model, info, want_info
+    """transformers' own ``PreTrainedModel.from_pretrained`` for ``cls``; returns ``(model, loading_info)``."""
+    kwargs.pop("output_loading_info", None)
+    kwargs["ignore_mismatched_sizes"] = True  # mismatches come back in the loading info: _strict_report refuses them
+    target = logging.getLogger("transformers.modeling_utils")
+    capture = _LoadReportCapture()
+    target.addFilter(capture)
+    failed = True
+    try:
+        model, info = PreTrainedModel.from_pretrained.__func__(cls, source, output_loading_info=True, **kwargs)
+        failed = False
+    finally:
+        target.removeFilter(capture)
+        if failed:
+            for record in capture.records:
+                target.handle(record)
+    return model, info
 
 
 # ---------------------------------------------------------------------------------------------------------- full
-def _load_full(cls, source: str | None, kwargs: dict, raw: dict | None = None, stored: TheWorldConfig | None = None):
+def _load_full(cls, source: str | None, kwargs: dict, stored: TheWorldConfig | None = None):
+    """A full checkpoint (every weight), or ``from_pretrained(None, config=..., state_dict=...)``."""
     overrides, options, rest = _split_kwargs(dict(kwargs))
     given = rest.pop("config", None)
+    want_info = rest.pop("output_loading_info", False)
+    allow = options.get("allow_non_finite_weights", False)
     if stored is None:  # config + state_dict in memory (transformers' form)
-        if not isinstance(given, TheWorldConfig):
-            raise ValueError("from_pretrained(None, ...) needs config=TheWorldConfig(...) and state_dict=....")
-        config = given
+        if not isinstance(given, TheWorldConfig) or rest.get("state_dict") is None:
+            raise ValueError(
+                "from_pretrained(None, ...) needs config=TheWorldConfig(...) and state_dict={name: tensor} (the "
+                "in-memory form); otherwise pass a checkpoint folder, a hub repo id or a Gemma 3 model."
+            )
+        config = copy.deepcopy(given)
         for key, value in overrides.items():
             setattr(config, key, value)
+        config.check_world()
+        dtype = _target_dtype(rest.get("dtype"), config)
+        for key, value in rest["state_dict"].items():
+            if isinstance(value, torch.Tensor) and not value.is_floating_point():
+                param = torch.float32 if key.startswith(fp32_prefixes(config)) else dtype
+                raise ValueError(
+                    f"state_dict[{key!r}] is {value.dtype}, but the parameter {key!r} is {param}: an integer or bool "
+                    "tensor cannot represent a floating-point parameter."
+                )
+        what = "The state_dict"
     else:
-        config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides)
+        config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides, source)
         hub = hub_kwargs_from(rest)
-        subfolder = rest.get("subfolder") or ""
-        for path in weight_files(source, "model", subfolder, **hub):
-            check_float_tensors(SafetensorsFile(path))
-    model, info, want_info = _transformers_from_pretrained(cls, source, config=config, **rest)
-    _strict_report(info, (), "The full checkpoint")
-    check_finite(model, model.state_dict().keys(), options.get("allow_non_finite_weights", False), "The checkpoint")
-    model.config.checkpoint_kind = "full" if stored is not None else model.config.checkpoint_kind
-    if source is not None:
+        dtype = _target_dtype(rest.get("dtype", rest.get("torch_dtype")), config)
+        for path in weight_files(source, "model", rest.get("subfolder") or "", **hub):
+            check_float_tensors(
+                SafetensorsFile(path), lambda k: torch.float32 if k.startswith(fp32_prefixes(config)) else dtype
+            )
+        what = f"The full checkpoint {source}"
+    model, info = _transformers_from_pretrained(cls, source, config=config, **rest)
+    _strict_report(info, (), what)
+    check_finite(model, None, allow, what)
+    if stored is not None:
+        model.config.checkpoint_kind = "full"
         subfolder = rest.get("subfolder") or ""
         model.processor = _checkpoint_processor(source, subfolder, model.config, hub_kwargs_from(rest))
     _finish(model)
@@ -692,37 +1090,51 @@ def _load_full(cls, source: str | None, kwargs: dict, raw: dict | None = None, s
 
 
 # ---------------------------------------------------------------------------------------------------------- fresh
-def _load_fresh(cls, source: str, raw: dict, config_path: str, kwargs: dict):
-    """A new TheWorld around a Gemma 3 model (the world modules initialised, the bases loaded)."""
+def _load_fresh(cls, source: str, raw: dict, config_path: str, kwargs: dict, name: str):
+    """A new TheWorld around the Gemma 3 model ``name`` (read at ``source``): the world modules initialised, the
+    bases loaded."""
     overrides, options, rest = _split_kwargs(dict(kwargs))
     if rest.pop("config", None) is not None:
-        raise ValueError(f"{source} is a Gemma 3 model: pass the world settings as keyword arguments, not config=.")
+        raise ValueError(f"{name} is a Gemma 3 model: pass the world settings as keyword arguments, not config=.")
     hub = hub_kwargs_from(rest)
     subfolder = rest.pop("subfolder", "") or ""
     if subfolder:
         raise ValueError("subfolder= applies to TheWorld checkpoints; pass the Gemma folder itself.")
-    config = fresh_config(source, raw, config_path, overrides, hub)
+    config = fresh_config(name, raw, config_path, overrides, hub)
     processor = _gemma_processor(source, config, hub_kwargs_from(rest))
     config.start_of_world_token_id = processor.start_of_world_token_id
     config.end_of_world_token_id = processor.end_of_world_token_id
     config.world_token_id = processor.world_token_id
-    sources = _Sources()
-    sources.add_gemma(config, hub)
-    # CODEPATH-free: enable_world=False builds read nothing from Cosmos.
+    sources = _Sources(config, _target_dtype(rest.get("dtype", rest.get("torch_dtype")), config))
+    sources.add_gemma(hub)
+    # CODEPATH: enable_world=False builds read nothing from Cosmos; world builds read its VAE encoder (and DiT).
     if config.enable_world:
-        sources.add_cosmos(config, hub)
+        sources.add_cosmos(hub)
     config.base_fingerprints = sources.fingerprints
     created = ("model.world_projector.", "model.world_boundary_embeddings.", "model.world_step_embeddings.",
                "model.world_rollout.prompt_embeds", "model.world_rollout.negative_prompt_embeds")  # fmt: skip
-    model, info = _load_sources(cls, config, sources, rest, allowed_missing=created, what=f"The Gemma 3 base {source}")
+    want_info = rest.get("output_loading_info", False)
+    model, info = _load_sources(cls, config, sources, rest, allowed_missing=created, what=f"The Gemma 3 base {name}")
+    # CODEPATH: world builds start the boundary embeddings at Gemma's image markers; Gemma-only builds have none.
     if config.enable_world:
+        _created_in_float32(model)
         _init_boundaries_from_gemma(model)
+        # CODEPATH: rollout builds compute the fixed Cosmos prompt embeddings once, here.
         if config.rollout_enabled:
             _fill_rollout_prompts(model, hub)
     model.processor = processor
     model.generation_config = _generation_config(source, "", hub_kwargs_from(rest), config)
     _finish(model)
-    return (model, info) if rest.get("output_loading_info") else model
+    return (model, info) if want_info else model
+
+
+def _created_in_float32(model) -> None:
+    """The world modules a fresh build creates are float32 whatever the load dtype (``_keep_in_fp32_modules_strict``):
+    transformers 5 materialises keys missing from the state dict in the load dtype without that plan."""
+    for name in ("world_projector", "world_boundary_embeddings", "world_step_embeddings"):
+        module = getattr(model.model, name, None)
+        if module is not None:
+            module.float()
 
 
 def _init_boundaries_from_gemma(model) -> None:
@@ -751,8 +1163,18 @@ def _fill_rollout_prompts(model, hub: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- partial
-def _load_partial(cls, source: str, raw: dict, kwargs: dict, earlier_format: str | None):
-    """A partial checkpoint: its bases at the pinned revisions plus the checkpoint's tensors, strictly."""
+def _load_partial(
+    cls,
+    source: str,
+    raw: dict,
+    kwargs: dict,
+    earlier_format: str | None,
+    bases: bool = True,
+    stored: TheWorldConfig | None = None,
+):
+    """A partial checkpoint: its bases at the pinned revisions plus the checkpoint's tensors, strictly. With
+    ``bases=False`` (a 0.1.0 full checkpoint) the checkpoint alone must hold every weight. ``stored``: the config of
+    ``raw``, when already parsed."""
     overrides, options, rest = _split_kwargs(dict(kwargs))
     given = rest.pop("config", None)
     hub = hub_kwargs_from(rest)
@@ -762,58 +1184,79 @@ def _load_partial(cls, source: str, raw: dict, kwargs: dict, earlier_format: str
         if "world_image_size" in overrides and "world_image_size" not in raw:
             # The research code never recorded its world image size (it squashed every image to 512 px).
             stored.world_image_size = overrides.pop("world_image_size")
-    else:
+    elif stored is None:
         stored = TheWorldConfig.from_dict(copy.deepcopy(raw))
-    config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides)
-    if earlier_format == "research" and config.enable_world:  # it recorded no encoder geometry: read the source's
+    config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides, source)
+    processor = None
+    # CODEPATH: research-format checkpoints recorded neither their encoder geometry (read from their Cosmos source)
+    # nor processor files or world token ids (the Gemma base's processor gives them, as at a fresh build).
+    if earlier_format == "research" and config.enable_world:
         vae_raw, _ = _vae_source_config(config.cosmos_model_name, config.cosmos_revision, hub)
         config.world_config = TheWorldEncoderConfig.from_vae_config(vae_raw)
         config.check_world()
-    sources = _Sources()
-    sources.add_gemma(config, hub)
-    if config.enable_world:
-        sources.add_cosmos(config, hub)
-    ckpt_hub = dict(hub)
-    keys, metadata = sources.add_checkpoint(source, subfolder, ckpt_hub, earlier=earlier_format is not None)
+        processor = _gemma_processor(config.gemma_model_name, config, _gemma_hub(config, hub))
+        config.start_of_world_token_id = processor.start_of_world_token_id
+        config.end_of_world_token_id = processor.end_of_world_token_id
+        config.world_token_id = processor.world_token_id
+    sources = _Sources(config, _target_dtype(rest.get("dtype", rest.get("torch_dtype")), config))
+    if bases:
+        sources.add_gemma(hub)
+        # CODEPATH: world checkpoints read the Cosmos VAE encoder (and DiT); enable_world=False ones are Gemma only.
+        if config.enable_world:
+            sources.add_cosmos(hub)
+    allow = options.get("allow_non_finite_weights", False)
+    sources.add_checkpoint(source, subfolder, hub, earlier_format is not None, allow, f"The checkpoint {source}")
     if earlier_format is None:
-        _check_fingerprints(stored.base_fingerprints, sources.fingerprints, options.get("ignore_fingerprint_mismatch", False))
-    else:
-        config.base_fingerprints = sources.fingerprints
-    _upgrade_earlier_rollout_buffers(sources, config, earlier_format)
+        ignore = options.get("ignore_fingerprint_mismatch", False)
+        _check_fingerprints(stored.base_fingerprints, sources.fingerprints, ignore)
+    elif bases:
+        config.base_fingerprints = sources.fingerprints  # earlier fingerprints use another scheme: record today's
+    _upgrade_earlier_rollout_buffers(sources, earlier_format)
     if earlier_format:
-        logger.warning(
-            "Loading a checkpoint written by %s: %s.",
-            "theworld 0.1.0" if earlier_format == "0.1.0" else "the earlier research code",
-            "the earlier research code's input path is in force (images squashed to "
-            f"{config.world_image_size} px, pixels in [0, 255], unnormalised latents; legacy_preprocessing=True)"
-            if config.legacy_preprocessing
-            else "its world settings are kept (world block after <bos>, causal world attention, centre-cropped world "
-            "images, float32-free world encoder dtype)",
-        )
-    # What the checkpoint must hold is what its own freeze flags made trainable, whatever the load-time flags say.
-    must_hold = tuple(stored.trainable_prefixes())
+        writer = "theworld 0.1.0" if earlier_format == "0.1.0" else "the earlier research code"
+        # CODEPATH: research-format checkpoints keep their input path (legacy_preprocessing); 0.1.0 ones do not.
+        if config.legacy_preprocessing:
+            preprocessing = (
+                f"the earlier input path is in force (legacy_preprocessing=True: images squashed to "
+                f"{config.world_image_size} px, pixels in [0, 255], unnormalised latents)"
+            )
+        else:
+            preprocessing = (
+                f"today's input path is in force (legacy_preprocessing=False: {config.world_resize_mode} to "
+                f"{config.world_image_size} px, pixels in [-1, 1], normalised latents) with its world settings "
+                f"({config.world_placement} placement, {config.world_attention} world attention)"
+            )
+        logger.warning("Loading a checkpoint written by %s: %s.", writer, preprocessing)
+    if bases:
+        # What the checkpoint must hold is what its own freeze flags made trainable, whatever the load-time flags say.
+        must_hold = tuple(stored.trainable_prefixes())
+    else:
+        must_hold = ()
     # The research code never saved its boundary embeddings (they lived in the frozen vocabulary matrix).
     allowed_missing = ("model.world_boundary_embeddings.",) if earlier_format == "research" else ()
     model, info = _load_sources(
         cls, config, sources, rest, allowed_missing=allowed_missing, what=f"The checkpoint {source}", expect=must_hold
     )
+    # CODEPATH: research-format checkpoints start the unsaved boundary embeddings at Gemma's image markers.
     if earlier_format == "research" and config.enable_world:
         _init_boundaries_from_gemma(model)
-    check_finite(model, keys, options.get("allow_non_finite_weights", False), f"The checkpoint {source}")
-    model.config.checkpoint_kind = "partial"
-    model.processor = _checkpoint_processor(source, subfolder, model.config, hub_kwargs_from(rest))
+    model.config.checkpoint_kind = "partial" if bases else "full"
+    model.processor = processor or _checkpoint_processor(source, subfolder, model.config, hub_kwargs_from(rest))
     model.generation_config = _generation_config(source, subfolder, hub_kwargs_from(rest), model.config)
     _finish(model)
     return (model, info) if rest.get("output_loading_info") else model
 
 
-def _upgrade_earlier_rollout_buffers(sources: _Sources, config: TheWorldConfig, earlier: str | None) -> None:
+def _upgrade_earlier_rollout_buffers(sources: _Sources, earlier: str | None) -> None:
     """0.1.0 stored the empty-prompt embedding as ``(1, 1, dim)`` (its one non-zero row) and no negative prompt; today
     both are ``(1, 512, dim)`` as the pipeline feeds the DiT."""
     key = "model.world_rollout.prompt_embeds"
-    if not earlier or key not in sources.state or not isinstance(sources.state[key], torch.Tensor):
+    if not earlier or key not in sources.state:
         return
     rows = sources.state[key]
+    rows = rows if isinstance(rows, torch.Tensor) else rows[:]
+    if rows.shape[1] == 512:
+        return
     padded = torch.zeros(1, 512, rows.shape[-1], dtype=rows.dtype)
     padded[:, : rows.shape[1]] = rows
     sources.state[key] = padded
@@ -823,16 +1266,12 @@ def _upgrade_earlier_rollout_buffers(sources: _Sources, config: TheWorldConfig, 
 
 def _load_sources(cls, config, sources: _Sources, rest: dict, allowed_missing, what: str, expect: tuple = ()):
     """One ``from_pretrained(None, config, state_dict)`` over the opened sources; strict."""
-    loading = {k: v for k, v in rest.items() if k not in HUB_KWARGS}
-    dtype = loading.pop("dtype", None) or loading.pop("torch_dtype", None) or "auto"
-    if dtype == "auto":
-        dtype = config.dtype or torch.float32
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    loading.pop("output_loading_info", None)
+    loading = {k: v for k, v in rest.items() if k not in HUB_KWARGS and k != "subfolder"}
+    loading.pop("dtype", None)
+    loading.pop("torch_dtype", None)
     try:
-        model, info, _ = _transformers_from_pretrained(
-            cls, None, config=config, state_dict=sources.state, dtype=dtype, **loading
+        model, info = _transformers_from_pretrained(
+            cls, None, config=config, state_dict=sources.state, dtype=sources.dtype, **loading
         )
     finally:
         sources.files.clear()
@@ -883,6 +1322,7 @@ def _finish(model) -> None:
     """Freeze flags, world ids suppressed in generation, eval mode."""
     apply_freeze_flags(model)
     cfg = model.config
+    # CODEPATH: world checkpoints suppress their three world ids in generation; Gemma-only ones have none.
     if cfg.enable_world and model.generation_config is not None:
         suppress = set(model.generation_config.suppress_tokens or [])
         ids = [i for i in cfg.world_token_ids if i is not None]
@@ -895,13 +1335,14 @@ def apply_freeze_flags(model) -> None:
     prefixes = tuple(p for p in model.config.trainable_prefixes() if not p.startswith("model.world_rollout."))
     for name, param in model.named_parameters(remove_duplicate=False):
         param.requires_grad_(name.startswith(prefixes))
+    # CODEPATH: checkpoints trained with an unfrozen language model also train the (tied) lm_head.
     if not model.config.freeze_gemma_language:
         model.lm_head.weight.requires_grad_(True)
 
 
 def trainable_state_dict(model, state: dict | None = None) -> dict[str, torch.Tensor]:
     """What a partial checkpoint holds: everything training may change (and the fixed rollout prompts), tied copies
-    dropped, plus any PEFT adapter weights."""
+    dropped, plus any PEFT adapter weights. ``state`` (e.g. what ``Trainer`` passes) replaces ``model.state_dict()``."""
     prefixes = tuple(model.config.trainable_prefixes())
     state = model.state_dict() if state is None else state
     out = {k: v for k, v in state.items() if k.startswith(prefixes) or "lora_" in k}
@@ -923,6 +1364,7 @@ def _processor_settings(config: TheWorldConfig) -> dict:
 
 def _sliding_window(config: TheWorldConfig) -> int | None:
     text = config.text_config
+    # CODEPATH: Gemma 3 checkpoints with sliding-window layers (the real 4B) give the processor their window.
     if "sliding_attention" in set(getattr(text, "layer_types", None) or []):
         return text.sliding_window
     return None
@@ -949,6 +1391,8 @@ def _checkpoint_processor(source: str, subfolder: str, config: TheWorldConfig, h
         if subfolder:
             kw["subfolder"] = subfolder
         processor = TheWorldProcessor.from_pretrained(source, **kw)
+    # CODEPATH: partial checkpoints without processor files (research format) take the Gemma base's processor; a
+    # full checkpoint of a model built from a config alone has none and needs no base.
     elif config.checkpoint_kind != "full":
         processor = _gemma_processor(config.gemma_model_name, config, _gemma_hub(config, hub))
     else:
@@ -956,6 +1400,7 @@ def _checkpoint_processor(source: str, subfolder: str, config: TheWorldConfig, h
     for key, value in _processor_settings(config).items():
         setattr(processor, key, value)
     ids = (processor.start_of_world_token_id, processor.end_of_world_token_id, processor.world_token_id)
+    # CODEPATH: world checkpoints check their tokenizer's world ids; Gemma-only checkpoints have no world tokens.
     if config.enable_world and ids != config.world_token_ids:
         raise ValueError(
             f"The checkpoint's tokenizer gives the world tokens ids {ids} but its config records "
@@ -966,8 +1411,10 @@ def _checkpoint_processor(source: str, subfolder: str, config: TheWorldConfig, h
 
 def _generation_config(source: str, subfolder: str, hub: dict, config: TheWorldConfig) -> GenerationConfig:
     path = resolve_file(source, "generation_config.json", subfolder, **hub)
-    if path is None and config.gemma_model_name != source:
-        path = resolve_file(config.gemma_model_name, "generation_config.json", "", **_gemma_hub(config, hub))
+    base = config.gemma_model_name
+    # CODEPATH: checkpoints without generation_config.json (research format) take their Gemma base's.
+    if path is None and base != source:
+        path = resolve_file(base, "generation_config.json", "", **_gemma_hub(config, hub))
     if path is None:
         return GenerationConfig.from_model_config(config)
     return GenerationConfig.from_dict(read_json(path))
@@ -984,51 +1431,100 @@ def save_checkpoint(
     push_to_hub: bool = False,
     state_dict: dict | None = None,
     is_main_process: bool = True,
+    safe_serialization: bool = True,
     **kwargs,
 ):
     """Write a checkpoint folder and publish it atomically (see the module docstring).
 
-    ``state_dict`` (what ``Trainer``/accelerate pass) replaces ``model.state_dict()`` as the source of the tensors.
-    ``push_to_hub=True`` uploads the published folder (``repo_id=``, ``token=``, ``private=``, ``commit_message=``).
+    Args:
+        save_directory: the checkpoint folder (created, or replaced as a whole; files a checkpoint does not own, such
+            as a trainer's state, are carried over).
+        save_full_model: ``False``: only what training could change; ``True``: every weight (transformers' format,
+            sharded above ``max_shard_size``).
+        state_dict: replaces ``model.state_dict()`` as the source of the tensors (what ``Trainer``/accelerate pass);
+            keys as in ``model.state_dict()``.
+        is_main_process: only the main process writes (distributed training).
+        safe_serialization: accepted for transformers' callers; the weights are always safetensors.
+        push_to_hub: also upload the published folder (``repo_id=`` (default: the folder name), ``token=``,
+            ``private=``, ``commit_message=``, ``commit_description=``, ``revision=``, ``create_pr=``).
     """
-    kwargs.pop("safe_serialization", None)  # always safetensors
-    kwargs.pop("save_function", None)
+    push = {k: kwargs.pop(k) for k in list(kwargs) if k in PUSH_KWARGS}
+    for key in IGNORED_SAVE_KWARGS:
+        kwargs.pop(key, None)
+    if kwargs.pop("variant", None) is not None:
+        raise ValueError("variant= is not supported: a TheWorld checkpoint folder holds one set of weights.")
+    if kwargs.pop("distributed_checkpoint", False):
+        raise ValueError("distributed_checkpoint=True is not supported: TheWorld saves one safetensors checkpoint.")
+    if kwargs:
+        raise TypeError(f"save_pretrained() got unexpected keyword argument(s) {sorted(kwargs)}.")
+    if not safe_serialization:
+        logger.warning("safe_serialization=False is ignored: TheWorld checkpoints are always safetensors, never pickle.")
     if not is_main_process:
         return None
     save_directory = os.path.abspath(os.fspath(save_directory))
-    if os.path.isfile(save_directory):
+    if os.path.islink(save_directory) and os.path.isdir(save_directory):
+        save_directory = os.path.realpath(save_directory)  # publish into the folder the link points at
+    if os.path.exists(save_directory) and not os.path.isdir(save_directory):
         raise ValueError(f"{save_directory} is a file; save_pretrained needs a folder path.")
     parent, name = os.path.split(save_directory)
     os.makedirs(parent, exist_ok=True)
-    _remove_stale_staging(parent, name)
-    staging = os.path.join(parent, f".{name}{STAGING_TAG}{uuid.uuid4().hex[:12]}")
-    os.makedirs(staging)
     kind = "full" if save_full_model else "partial"
+    _remove_stale_staging(parent, name)
+    staging, lock = _new_staging(parent, name)
     try:
-        with open(os.path.join(staging, STAGING_MARKER), "w") as f:
-            f.write(save_directory)
         state = write_weights(model, staging, kind, max_shard_size, state_dict)
         write_metadata_files(model, staging, kind)
         for hook in list(SAVE_HOOKS):
             hook(model, staging, kind, state)
         _carry_foreign_files(save_directory, staging)
-        os.remove(os.path.join(staging, STAGING_MARKER))
         _finalise_permissions(staging)
         old = publish_folder(staging, save_directory)
-    except BaseException:
+    except BaseException as err:
+        _release(lock)
+        lock = None
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, (OSError, SafetensorError)):
+            code = getattr(err, "errno", None)
+            message = (
+                f"Saving the checkpoint to {save_directory} failed: {err}. The previous checkpoint there (if any) is "
+                "unchanged and nothing was left behind; free disk space (or fix the permissions) and save again."
+            )
+            raise (OSError(code, message) if code else OSError(message)) from err
         raise
+    finally:
+        _release(lock)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_unread(old)
     if push_to_hub:
-        repo_id = kwargs.pop("repo_id", None) or name
-        return model.push_to_hub(repo_id, save_full_model=save_full_model, **kwargs)
+        return upload_folder(save_directory, push.pop("repo_id", None) or name, **push)
     return None
+
+
+def push_checkpoint(model, repo_id: str, save_full_model: bool = False, max_shard_size: int | str = "5GB", **push):
+    """``push_to_hub``: save the checkpoint into a temporary folder and upload exactly that folder as one commit."""
+    with tempfile.TemporaryDirectory(prefix="theworld-push-") as tmp:
+        folder = os.path.join(tmp, "checkpoint")
+        save_checkpoint(model, folder, save_full_model=save_full_model, max_shard_size=max_shard_size)
+        return upload_folder(folder, repo_id, **push)
+
+
+def upload_folder(folder: str, repo_id: str, **push):
+    """Upload a saved checkpoint folder with the uploader the theworld package registers (`UPLOAD_HOOKS`)."""
+    if not UPLOAD_HOOKS:
+        raise RuntimeError(
+            "Uploading needs the theworld package (pip install theworld), which registers the uploader. Without it, "
+            f"upload the saved folder {folder} with huggingface_hub: HfApi().upload_folder(repo_id=..., "
+            "folder_path=...)."
+        )
+    return UPLOAD_HOOKS[-1](folder, repo_id, **push)
 
 
 def write_weights(model, folder: str, kind: str, max_shard_size, state_dict: dict | None) -> dict:
     """The weight files of a checkpoint; returns the tensors written (a partial save) or an empty dict (a full one)."""
     if kind == "full":
+        if state_dict is not None:  # tied copies are stored once, whether or not the given tensors share memory
+            tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+            state_dict = {k: v for k, v in state_dict.items() if k not in tied}
         PreTrainedModel.save_pretrained(
             model, folder, max_shard_size=max_shard_size, state_dict=state_dict, is_main_process=True
         )
@@ -1037,6 +1533,14 @@ def write_weights(model, folder: str, kind: str, max_shard_size, state_dict: dic
                 os.remove(os.path.join(folder, stray))
         return {}
     state = trainable_state_dict(model, state_dict)
+    if state_dict is not None:
+        missing = sorted(set(trainable_state_dict(model)) - set(state))
+        if missing:
+            raise ValueError(
+                f"The state_dict passed to save_pretrained lacks {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+                "which a partial checkpoint holds (the tensors training can change). Pass the unwrapped model's "
+                "state_dict (keys as in model.state_dict(), no 'module.' prefixes)."
+            )
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     metadata = {
         "format": "pt",
@@ -1044,8 +1548,16 @@ def write_weights(model, folder: str, kind: str, max_shard_size, state_dict: dic
         "theworld_version": model.config.theworld_version,
         DIGEST_KEY: tensors_digest(state),
     }
-    save_file(state, os.path.join(folder, "model.safetensors"), metadata=metadata)
+    write_safetensors(state, os.path.join(folder, "model.safetensors"), metadata)
     return state
+
+
+def config_digest(config: TheWorldConfig) -> str:
+    """sha256 of a config as ``config.json`` holds it, without its own `CONFIG_DIGEST_KEY` entry. Equal to the stored
+    digest exactly when the config is the saved one, unchanged."""
+    config = copy.deepcopy(config)
+    vars(config).pop(CONFIG_DIGEST_KEY, None)
+    return hashlib.sha256(config.to_json_string(use_diff=True).encode()).hexdigest()
 
 
 def write_metadata_files(model, folder: str, kind: str) -> None:
@@ -1054,6 +1566,7 @@ def write_metadata_files(model, folder: str, kind: str) -> None:
     config.checkpoint_format_version = CHECKPOINT_FORMAT_VERSION
     config.architectures = ["TheWorldForConditionalGeneration"]
     config.auto_map = dict(AUTO_MAP)
+    setattr(config, CONFIG_DIGEST_KEY, config_digest(config))
     config.save_pretrained(folder)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(folder)
@@ -1063,7 +1576,7 @@ def write_metadata_files(model, folder: str, kind: str) -> None:
     for filename in REMOTE_CODE_FILES:
         shutil.copyfile(os.path.join(here, filename), os.path.join(folder, filename))
     if model.processor is not None:
-        model.processor.save_pretrained(folder)
+        _save_processor(model.processor, folder)
         path = os.path.join(folder, "processor_config.json")
         if os.path.exists(path):
             data = read_json(path)
@@ -1071,6 +1584,25 @@ def write_metadata_files(model, folder: str, kind: str) -> None:
             data["processor_class"] = "TheWorldProcessor"
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2, sort_keys=True)
+
+
+def _save_processor(processor, folder: str) -> None:
+    """``processor.save_pretrained(folder)`` without the padding/truncation state that the fast tokenizer's backend
+    keeps from its last padded call (it would end up in tokenizer.json, so that two saves of one model differ)."""
+    backend = getattr(getattr(processor, "tokenizer", None), "backend_tokenizer", None)
+    padding = getattr(backend, "padding", None)
+    truncation = getattr(backend, "truncation", None)
+    if padding:
+        backend.no_padding()
+    if truncation:
+        backend.no_truncation()
+    try:
+        processor.save_pretrained(folder)
+    finally:
+        if padding:
+            backend.enable_padding(**padding)
+        if truncation:
+            backend.enable_truncation(**truncation)
 
 
 def checkpoint_summary(model, kind: str) -> dict:
@@ -1120,15 +1652,20 @@ def parameter_counts(model) -> tuple[int, int]:
 
 
 def _carry_foreign_files(old: str, staging: str) -> None:
-    """Files of the previous folder that a checkpoint does not own (logs, trainer state ...) move along."""
+    """Files of the previous folder that a checkpoint does not own (logs, trainer state ...) move along; leftovers of
+    interrupted saves by theworld 0.1.0 (``.theworld-*``) and old weight shards do not."""
     if not os.path.isdir(old):
         return
     owned = set(OWNED_FILES)
-    for entry in os.scandir(old):
+    try:
+        entries = list(os.scandir(old))
+    except FileNotFoundError:
+        return  # replaced meanwhile by a concurrent save
+    for entry in entries:
         if entry.name in owned or entry.name.startswith("model-") or entry.name.startswith(".theworld-"):
             continue
         target = os.path.join(staging, entry.name)
-        if os.path.exists(target):
+        if os.path.lexists(target):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -1155,17 +1692,69 @@ def _finalise_permissions(folder: str) -> None:
             os.chmod(entry.path, 0o666 & ~umask)
 
 
+def _lock(path: str) -> int | None:
+    """Hold an exclusive lock on the folder ``path`` (released when the process dies, even by ``kill -9``); ``None``
+    where folders cannot be locked."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _remove_unread(path: str) -> bool:
+    """Delete a replaced or abandoned folder unless a load is reading it or a save is writing it (a later save removes
+    it then); returns whether it was deleted."""
+    try:
+        fd = _lock(path)
+    except OSError:
+        return False
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        _release(fd)
+    return True
+
+
+def _new_staging(parent: str, name: str) -> tuple[str, int | None]:
+    """A new staging folder for ``<parent>/<name>``, locked by this process before it gets its staging name (so that
+    a concurrent save never takes it for an abandoned one)."""
+    prefix = f".{name}{NEW_STAGING_TAG}"
+    fresh = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    lock = _lock(fresh)
+    staging = os.path.join(parent, f".{name}{STAGING_TAG}{os.path.basename(fresh)[len(prefix) :]}")
+    os.rename(fresh, staging)
+    return staging, lock
+
+
 def _remove_stale_staging(parent: str, name: str) -> None:
-    """Staging folders of this target left by a save that crashed (only ours: named for it and marked)."""
-    prefix = f".{name}{STAGING_TAG}"
+    """Remove what earlier saves of ``<parent>/<name>`` left next to it: staging folders of saves that died (even by
+    ``kill -9``) and replaced folders that were being read when they were replaced; never one that a living save or
+    a load holds (locked). Only folders named for this target."""
+    staging_prefix, new_prefix = f".{name}{STAGING_TAG}", f".{name}{NEW_STAGING_TAG}"
     for entry in os.scandir(parent):
-        if not (entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)):
+        if not entry.is_dir(follow_symlinks=False):
             continue
-        marker = os.path.join(entry.path, STAGING_MARKER)
-        published_old = os.path.exists(os.path.join(entry.path, "config.json")) and not os.path.exists(marker)
-        age = time.time() - entry.stat(follow_symlinks=False).st_mtime
-        if (os.path.exists(marker) or published_old) and age > 60:
-            shutil.rmtree(entry.path, ignore_errors=True)
+        if entry.name.startswith(staging_prefix):
+            if fcntl is None:
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime > 600:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                continue
+            _remove_unread(entry.path)  # skipped while a living save writes it or a load reads it
+        elif entry.name.startswith(new_prefix) and time.time() - entry.stat(follow_symlinks=False).st_mtime > 3600:
+            shutil.rmtree(entry.path, ignore_errors=True)  # died in the instant between creating and locking it
 
 
 _RENAME_EXCHANGE = 2
@@ -1222,4 +1811,12 @@ def publish_folder(staging: str, target: str) -> str | None:
     raise OSError(f"Could not publish {target}: it kept changing under concurrent saves.")
 
 
-__all__ = ["load_pretrained", "save_checkpoint", "trainable_state_dict", "apply_freeze_flags", "SafetensorsFile"]
+__all__ = [
+    "SafetensorsFile",
+    "apply_freeze_flags",
+    "load_pretrained",
+    "push_checkpoint",
+    "recover_interrupted_save",
+    "save_checkpoint",
+    "trainable_state_dict",
+]

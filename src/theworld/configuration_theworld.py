@@ -45,6 +45,9 @@ WORLD_ATTENTIONS = ("bidirectional", "causal")
 WORLD_PLACEMENTS = ("after_image", "after_bos")
 WORLD_RESIZE_MODES = ("squash", "letterbox", "center_crop")
 ROLLOUT_MODES = ("joint", "autoregressive")
+#: ``"float32"``: the world encoder stays float32 (transformers' ``_keep_in_fp32_modules_strict``); ``None``: it follows
+#: the model's dtype.
+WORLD_ENCODER_DTYPES = ("float32", None)
 CHECKPOINT_KINDS = ("partial", "full")
 
 DEFAULT_GEMMA = "google/gemma-3-4b-it"
@@ -74,6 +77,29 @@ FORMAT_1_DEFAULTS = {
     "rollout_num_inference_steps": 4,
     "rollout_guidance_scale": 1.0,
 }
+
+
+#: Keyword arguments every `PreTrainedConfig` takes that are no dataclass field of `TheWorldConfig` (some are close
+#: to a TheWorld field, e.g. ``bos_token_id`` to ``boi_token_index``): never treated as misspellings.
+STANDARD_CONFIG_KWARGS = frozenset(
+    {
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "torch_dtype",
+        "name_or_path",
+        "attn_implementation",
+        "experts_implementation",
+        "output_attentions",
+        "num_labels",
+        "use_cache",
+        "per_layer_config",
+        "base_fingerprints",
+        "checkpoint_name",  # a loading option of TheWorld's from_pretrained, close to checkpoint_kind
+    }
+)
 
 
 def _closest(name: str, candidates) -> str | None:
@@ -258,8 +284,8 @@ class TheWorldConfig(PreTrainedConfig):
         How the processor fits an image to the square world image: `"squash"` (the whole picture, like Gemma's own
         resize), `"letterbox"` (padded to a square) or `"center_crop"` (theworld 0.1.0).
     world_encoder_dtype (`str`, *optional*, defaults to `"float32"`):
-        Dtype of the world encoder whatever the model's dtype (the Wan VAE's recommended precision); `None` follows
-        the model.
+        `"float32"`: the world encoder is loaded in float32 whatever the model's `dtype` (the Wan VAE's recommended
+        precision); `None`: it follows the model's dtype. (`model.to(dtype)` casts every module, as in transformers.)
     legacy_preprocessing (`bool`, *optional*, defaults to `False`):
         The earlier research code's input path: [0, 255] pixels squashed to 512 px, unnormalised latents.
     num_world_steps (`int`, *optional*, defaults to 0):
@@ -388,12 +414,8 @@ class TheWorldConfig(PreTrainedConfig):
         if self.base_models is None:
             self.base_models = default_base_models()
         provenance = {k: kwargs.pop(k) for k in list(kwargs) if k in PROVENANCE_ATTRIBUTES or k == "base_fingerprints"}
-        own_fields = [f for f in self.__dataclass_fields__ if not f.startswith("_")]
         for key in kwargs:
-            if key.startswith("_"):
-                continue
-            close = _closest(key, own_fields + list(PROVENANCE_ATTRIBUTES))
-            if close is not None and close != key:
+            if (close := self.closest_field(key)) is not None:
                 raise ValueError(
                     f"TheWorldConfig got the unknown field {key!r}; did you mean {close!r}? Fix the spelling (unknown "
                     "fields that are not near-misses are kept as extra attributes)."
@@ -402,6 +424,21 @@ class TheWorldConfig(PreTrainedConfig):
         for key, value in provenance.items():
             setattr(self, key, value)
         self.check_world()
+
+    @classmethod
+    def closest_field(cls, name: str) -> str | None:
+        """The TheWorld field that ``name`` looks like a misspelling of, or ``None``.
+
+        ``None`` for the name of a field itself, a private name, an `attribute_map` alias (``image_token_id``), a
+        keyword argument every config takes (``bos_token_id`` ...) and names close to no TheWorld field (those are kept
+        as extra attributes). Candidates are TheWorld's own fields and the provenance accessors, not the generic
+        `PreTrainedConfig` ones.
+        """
+        fields = cls.__dataclass_fields__
+        if name.startswith("_") or name in fields or name in cls.attribute_map or name in STANDARD_CONFIG_KWARGS:
+            return None
+        own = [f for f in fields if f not in PreTrainedConfig.__dataclass_fields__ and not f.startswith("_")]
+        return _closest(name, own + list(PROVENANCE_ATTRIBUTES))
 
     # ------------------------------------------------------------------ provenance accessors
     def __getattr__(self, key: str) -> Any:
@@ -451,10 +488,13 @@ class TheWorldConfig(PreTrainedConfig):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}.")
         if self.checkpoint_kind is not None and self.checkpoint_kind not in CHECKPOINT_KINDS:
-            raise ValueError(f"checkpoint_kind must be one of {CHECKPOINT_KINDS} or None, got {self.checkpoint_kind!r}.")
-        if self.world_encoder_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(
-                f"world_encoder_dtype must be 'float32', 'bfloat16', 'float16' or None, got {self.world_encoder_dtype!r}."
+                f"checkpoint_kind must be one of {CHECKPOINT_KINDS} or None, got {self.checkpoint_kind!r}."
+            )
+        if self.world_encoder_dtype not in WORLD_ENCODER_DTYPES:
+            raise ValueError(
+                f"world_encoder_dtype must be 'float32' (the world encoder stays float32 whatever dtype the model loads "
+                f"in) or None (it follows the model's dtype), got {self.world_encoder_dtype!r}."
             )
         if not self.enable_world and not self.freeze_cosmos_vae:
             raise ValueError(
@@ -597,7 +637,12 @@ def upgrade_config_dict(config_dict: dict[str, Any]) -> dict[str, Any]:
     for key, (base, field) in PROVENANCE_ATTRIBUTES.items():
         if key in data:
             base_models[base][field] = data.pop(key)
-    subfolders = {"gemma": "", "cosmos_vae": "vae/", "cosmos_transformer": "transformer/", "cosmos_text_encoder": "text_encoder/"}
+    subfolders = {
+        "gemma": "",
+        "cosmos_vae": "vae/",
+        "cosmos_transformer": "transformer/",
+        "cosmos_text_encoder": "text_encoder/",
+    }
     for part, prints in (data.pop("base_fingerprints", None) or {}).items():
         base = "gemma" if part == "gemma" else "cosmos"
         for name, value in (prints or {}).items():

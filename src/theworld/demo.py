@@ -1,4 +1,4 @@
-"""``theworld demo``: the offline end-to-end demonstration that TheWorld uses its world tokens.
+"""The offline end-to-end demonstration that TheWorld uses its world tokens: `run_demo` (``theworld demo``).
 
 Steps (everything local, nothing downloaded):
 
@@ -12,9 +12,13 @@ Steps (everything local, nothing downloaded):
    features (a derangement);
 5. reload the saved partial checkpoint with ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` in a
    subprocess in which ``import theworld`` is blocked, and check that its predictions are identical;
-6. print a results table and write ``report.md`` (with the loss curves), ``results.json`` (``theworld_accuracy``,
-   ``baseline_accuracy``, ``majority_rate``, ``ablated_accuracy``, ``shuffled_accuracy``, ``reload_identical``) and
-   ``details.json`` (everything else measured).
+6. write ``report.md`` (with the loss curves), ``results.json`` (``theworld_accuracy``, ``baseline_accuracy``,
+   ``majority_rate``, ``ablated_accuracy``, ``shuffled_accuracy``, ``reload_identical``) and ``details.json``
+   (everything else measured, with the checks of ``details["targets"]``).
+
+TheWorld's world settings are explicit (`DemoOptions`): a 64 px world image, pooling 1 and ``channel`` projection
+(16 world tokens, one per latent channel holding its whole 8 x 8 map), the world block right after the image, world
+tokens attending to each other bidirectionally.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import shutil
 import subprocess
 import sys
 import time
-
-from .cli import echo as _echo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -87,39 +92,57 @@ json.dump({
 '''
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--bases", default=None, help="folder for the tiny bases (default: OUT/bases; reused)")
-    parser.add_argument("--size", default="tiny", help="tiny bases preset (theworld.tiny.SIZES)")
-    parser.add_argument("--num-train", type=int, default=4000, help="training examples")
-    parser.add_argument("--num-test", type=int, default=500, help="test examples")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps for each model")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate of TheWorld")
-    parser.add_argument("--baseline-lr", type=float, default=None, help="peak learning rate of the baseline (default: --lr)")
-    parser.add_argument("--warmup-steps", type=int, default=20)
-    parser.add_argument("--preset", default="projector", help="TheWorld freeze preset (e.g. projector, projector+lm)")
-    parser.add_argument(
-        "--projection-mode", default="channel", choices=("spatial", "channel"),
-        help="world_projection_mode of TheWorld (channel: one token per latent channel holding its whole 8x8 map)",
-    )
-    parser.add_argument(
-        "--projection-architecture", default="mlp", choices=("mlp", "mlp_no_final_gelu", "linear"),
-        help="projection_architecture of TheWorld's world projector",
-    )
-    parser.add_argument("--baseline-preset", default="lm", help="Gemma-only baseline freeze preset (lm, lm+vision)")
-    parser.add_argument("--relations", default="left of", help="comma-separated relations (synthetic generator)")
-    parser.add_argument(
-        "--objects", default="red circle,blue square",
-        help="two fixed objects 'colour shape,colour shape', or 'random' for random colours and shapes",
-    )
-    parser.add_argument("--image-size", type=int, default=64, help="synthetic image and world image size (pixels)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for training batches")
+def _o(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
 
 
-def _train_config(args, out: str, bases, data: dict[str, str], world: bool):
+@dataclass
+class DemoOptions:
+    """Settings of one demo run (``theworld demo --help`` lists them as options)."""
+
+    out: str = _o("demo_out", "output folder")
+    bases: str | None = _o(None, "folder for the tiny bases (default: OUT/bases; reused)")
+    size: str = _o("tiny", "tiny bases preset (theworld.tiny.SIZES)")
+    num_train: int = _o(4000, "training examples")
+    num_test: int = _o(500, "test examples")
+    steps: int = _o(600, "optimizer steps for each model")
+    batch_size: int = _o(32, "examples per optimizer step")
+    lr: float = _o(1e-2, "peak learning rate of TheWorld")
+    baseline_lr: float | None = _o(
+        3e-3, "peak learning rate of the Gemma-only baseline (it stalls at loss ln 2 with --lr 1e-2 on the tiny bases)"
+    )
+    warmup_steps: int = _o(20, "linear warmup steps")
+    preset: str = _o("projector", "TheWorld freeze preset (e.g. projector, projector+lm)")
+    projection_mode: str = _o(
+        "channel", "world_projection_mode of TheWorld (channel: one token per latent channel holding its whole map)"
+    )
+    projection_architecture: str = _o("mlp", "projection_architecture of TheWorld's world projector")
+    world_pooling: int = _o(1, "world_pooling of TheWorld (1: the full 8x8 latent grid of a 64 px image)")
+    world_placement: str = _o("after_image", "world_placement of TheWorld (after_image or after_bos)")
+    world_attention: str = _o("bidirectional", "world_attention of TheWorld (bidirectional or causal)")
+    baseline_preset: str = _o("lm", "Gemma-only baseline freeze preset (lm, lm+vision)")
+    relations: str = _o("left of", "comma-separated relations (synthetic generator)")
+    objects: str = _o(
+        "red circle,blue square", "two fixed objects 'colour shape,colour shape', or 'random' for random ones"
+    )
+    image_size: int = _o(64, "synthetic image and world image size (pixels)")
+    seed: int = _o(0, "seed of the bases, the data, the model init and the shuffle ablation")
+    eval_batch_size: int = _o(64, "prompts per evaluation batch")
+    num_workers: int = _o(0, "DataLoader workers for training batches")
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.num_train < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("--steps, --num-train, --batch-size and --eval-batch-size must be >= 1.")
+        if self.num_test < 2:
+            raise ValueError(f"--num-test must be >= 2 (the shuffle ablation needs two examples), got {self.num_test}.")
+        if self.image_size < 32 or self.image_size % (8 * self.world_pooling):
+            raise ValueError(
+                f"--image-size must be >= 32 and divisible by 8 x --world-pooling ({8 * self.world_pooling}), got "
+                f"{self.image_size}."
+            )
+
+
+def _train_config(args: DemoOptions, out: str, bases, data: dict[str, str], world: bool):
     from theworld.training import TrainConfig
 
     lr = args.lr if world or args.baseline_lr is None else args.baseline_lr
@@ -142,14 +165,15 @@ def _train_config(args, out: str, bases, data: dict[str, str], world: bool):
         return TrainConfig(
             output_dir=os.path.join(out, "theworld"), cosmos_model_name=bases.cosmos, enable_world=True,
             freeze_preset=args.preset, world_projection_mode=args.projection_mode,
-            projection_architecture=args.projection_architecture, **common,
+            projection_architecture=args.projection_architecture, world_pooling=args.world_pooling,
+            world_placement=args.world_placement, world_attention=args.world_attention, **common,
         )
     return TrainConfig(
         output_dir=os.path.join(out, "baseline"), enable_world=False, freeze_preset=args.baseline_preset, **common
     )
 
 
-def _reload_check(checkpoint: str, data: dict[str, str], reference: dict, args, out: str, answer_ids) -> dict:
+def _reload_check(checkpoint: str, data: dict[str, str], reference: dict, args: DemoOptions, out: str, answer_ids) -> dict:
     """Score the test split with the checkpoint's remote code in a subprocess; compare with ``reference``."""
     from theworld.data.collator import PROMPT_TEMPLATE
 
@@ -196,7 +220,9 @@ def _report(out: str, results: dict, details: dict) -> str:
         "",
         f"Budget per model: {details['steps']} optimizer steps x batch {details['batch_size']} (warmup + cosine "
         f"schedule). TheWorld (`world_projection_mode: {details['projection_mode']}`, `projection_architecture: "
-        f"{details['projection_architecture']}`) trains `{details['preset']}` at learning rate {details['lr']}; the "
+        f"{details['projection_architecture']}`, `world_pooling: {details['world_pooling']}`, "
+        f"`world_placement: {details['world_placement']}`, `world_attention: {details['world_attention']}`; "
+        f"{details['num_world_tokens']} world tokens per image) trains `{details['preset']}` at learning rate {details['lr']}; the "
         f"Gemma-only baseline (`enable_world: false`) trains `{details['baseline_preset']}` with SigLIP frozen at "
         f"learning rate {details['baseline_lr']}.",
         "",
@@ -249,8 +275,9 @@ def _report(out: str, results: dict, details: dict) -> str:
     return path
 
 
-def run(args) -> int:
-
+def run_demo(args: DemoOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the demo (see the module docs); ``progress`` receives one line per step. Returns ``{"results",
+    "details", "report", "seconds"}`` and writes everything into ``args.out``."""
     from theworld.data import generate_synthetic_vsr, load_vsr_jsonl, split_stats
     from theworld.data.collator import VSRCollator
     from theworld.evaluation import evaluate
@@ -258,19 +285,18 @@ def run(args) -> int:
     from theworld.tiny import build_tiny_bases
     from theworld.training import Trainer
 
+    say = progress or logger.info
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     relations = tuple(r.strip() for r in args.relations.split(",") if r.strip())
     fixed = None if args.objects.strip() == "random" else tuple(o.strip() for o in args.objects.split(","))
-    if args.steps < 1 or args.num_train < 1 or args.num_test < 2:
-        raise SystemExit("theworld demo: --steps and --num-train must be >= 1 and --num-test >= 2")
 
-    _echo(f"[1/6] tiny bases ({args.size})")
+    say(f"[1/6] tiny bases ({args.size})")
     bases = build_tiny_bases(args.bases or os.path.join(out, "bases"), seed=args.seed, size=args.size)
-    _echo(f"[2/6] synthetic data: {args.num_train} train / {args.num_test} test, relations {list(relations)}, "
-          f"objects {list(fixed) if fixed else 'random'}")
+    say(f"[2/6] synthetic data: {args.num_train} train / {args.num_test} test, relations {list(relations)}, "
+        f"objects {list(fixed) if fixed else 'random'}")
     data_dir = os.path.join(out, "data")
     if os.path.isdir(data_dir):
         shutil.rmtree(data_dir)
@@ -280,16 +306,16 @@ def run(args) -> int:
     )
     stats = split_stats(data["test"])
 
-    _echo(f"[3/6] training TheWorld ({args.preset}) for {args.steps} steps")
+    say(f"[3/6] training TheWorld ({args.preset}) for {args.steps} steps")
     world_trainer = Trainer(_train_config(args, out, bases, data, world=True))
     world_summary = world_trainer.train()
-    _echo(f"      final loss {world_summary['final_loss']:.4f}, {world_summary['train_seconds']:.0f} s")
-    _echo(f"[4/6] training the Gemma-only baseline ({args.baseline_preset}) for {args.steps} steps")
+    say(f"      final loss {world_summary['final_loss']:.4f}, {world_summary['train_seconds']:.0f} s")
+    say(f"[4/6] training the Gemma-only baseline ({args.baseline_preset}) for {args.steps} steps")
     base_trainer = Trainer(_train_config(args, out, bases, data, world=False))
     base_summary = base_trainer.train()
-    _echo(f"      final loss {base_summary['final_loss']:.4f}, {base_summary['train_seconds']:.0f} s")
+    say(f"      final loss {base_summary['final_loss']:.4f}, {base_summary['train_seconds']:.0f} s")
 
-    _echo("[5/6] evaluating (score mode) with and without the world")
+    say("[5/6] evaluating (score mode) with and without the world")
     test = load_vsr_jsonl(data["test"])
     world_model = world_trainer.model.eval()
     cache = LatentCache(os.path.join(out, "latent_cache"), world_model)
@@ -302,7 +328,7 @@ def run(args) -> int:
     gen = evaluate(world_model, test_cached, mode="generate", batch_size=args.eval_batch_size, max_new_tokens=2)
     base_eval = evaluate(base_trainer.model.eval(), test, mode="score", batch_size=args.eval_batch_size)
 
-    _echo("[6/6] reloading the checkpoint with AutoModel (theworld blocked) in a subprocess")
+    say("[6/6] reloading the checkpoint with AutoModel (theworld blocked) in a subprocess")
     checkpoint = world_summary["final_checkpoint"]
     reference = evaluate(world_model, test, mode="score", batch_size=args.eval_batch_size)  # VAE path, like the reload
     answer_ids = [v[0] for _, v in sorted(VSRCollator(world_model.processor).answer_token_ids().items())]
@@ -331,6 +357,10 @@ def run(args) -> int:
         "baseline_lr": args.baseline_lr if args.baseline_lr is not None else args.lr,
         "projection_mode": args.projection_mode,
         "projection_architecture": args.projection_architecture,
+        "world_pooling": args.world_pooling,
+        "world_placement": args.world_placement,
+        "world_attention": args.world_attention,
+        "num_world_tokens": world_model.config.num_world_tokens,
         "preset": args.preset,
         "baseline_preset": args.baseline_preset,
         "checkpoint": checkpoint,
@@ -351,6 +381,7 @@ def run(args) -> int:
         "reload": reload,
         "seconds_total": seconds,
         "cpu_count": os.cpu_count(),
+        "out": out,
     }
     for name, trainer in (("theworld", world_trainer), ("baseline", base_trainer)):
         src = os.path.join(trainer.output_dir, "loss_curve.png")
@@ -362,17 +393,7 @@ def run(args) -> int:
         json.dump(details, f, indent=2, default=str)
     report = _report(out, results, details)
 
-    _echo()
-    _echo(f"{'':<44}accuracy")
-    _echo(f"{'majority class':<44}{results['majority_rate']:.3f}")
-    _echo(f"{'Gemma-only baseline (' + args.baseline_preset + ')':<44}{results['baseline_accuracy']:.3f}")
-    _echo(f"{'TheWorld (' + args.preset + ')':<44}{results['theworld_accuracy']:.3f}")
-    _echo(f"{'TheWorld, world features zeroed':<44}{results['ablated_accuracy']:.3f}")
-    _echo(f"{'TheWorld, world features shuffled':<44}{results['shuffled_accuracy']:.3f}")
-    _echo(f"{'TheWorld, generation mode':<44}{gen['accuracy']:.3f}")
-    _echo(f"reload with AutoModel (theworld blocked): {'identical' if results['reload_identical'] else 'DIFFERENT'}")
-    _echo(f"wrote {report}, {os.path.join(out, 'results.json')} ({seconds:.0f} s)")
-    return 0
+    return {"results": results, "details": details, "report": report, "seconds": seconds}
 
 
-__all__ = ["RESULT_KEYS", "add_arguments", "run"]
+__all__ = ["RESULT_KEYS", "DemoOptions", "run_demo"]

@@ -1,4 +1,4 @@
-"""Evaluate TheWorld (or a Gemma-only checkpoint) on VSR-style 0/1 statements: ``theworld eval`` and :func:`evaluate`.
+"""Evaluate TheWorld (or a Gemma-only checkpoint) on VSR-style 0/1 statements: `evaluate` (``theworld eval``).
 
 Two modes:
 
@@ -24,13 +24,10 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-
-from .cli import echo as _echo
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +182,7 @@ def evaluate(
                 if all(c is not None for c in cached):
                     batch["world_latents"] = torch.stack(cached)
                 else:
-                    batch["world_pixel_values"] = processor.preprocess_world_images([dataset[j]["image"] for j in donor_idx])
+                    batch["world_pixel_values"] = processor.world_pixel_values([dataset[j]["image"] for j in donor_idx])
             elif ablation == "zero":
                 batch.pop("world_latents", None)
                 batch.pop("world_pixel_values", None)
@@ -247,31 +244,8 @@ def write_results(result: dict[str, Any], out_dir: str) -> tuple[str, str]:
     return pred_path, metrics_path
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="TheWorld checkpoint folder or hub repo id")
-    parser.add_argument("--checkpoint-name", default=None, help="checkpoint-N subfolder of a hub repo")
-    parser.add_argument("--revision", default=None, help="hub revision of the checkpoint")
-    parser.add_argument("--data", default=None, help="VSR jsonl file (rows: image, caption, label[, relation])")
-    parser.add_argument("--hub-dataset", default=None, help="a `datasets` source instead of --data")
-    parser.add_argument("--split", default="test", help="split of --hub-dataset")
-    parser.add_argument("--image-dir", default=None, help="folder the image paths are resolved in")
-    parser.add_argument("--mode", choices=MODES, default="score")
-    parser.add_argument("--ablation", choices=ABLATIONS, default="none")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N examples")
-    parser.add_argument("--max-new-tokens", type=int, default=4, help="generation length (generate mode)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle ablation")
-    parser.add_argument("--latent-cache", default=None, help="folder of cached world latents (encode each image once)")
-    parser.add_argument("--out", default="eval_out", help="folder for predictions.jsonl and metrics.json")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-
-
 def format_metrics(result: dict[str, Any]) -> str:
+    """A few lines of text summarising `evaluate`'s result (what ``theworld eval`` prints)."""
     cm = result["confusion_matrix"]["matrix"]
     lines = [
         f"mode={result['mode']} ablation={result['ablation']} n={result['n']}",
@@ -285,45 +259,4 @@ def format_metrics(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
-    from theworld import TheWorld
-    from theworld.data import load_vsr_hub, load_vsr_jsonl
-
-    if (args.data is None) == (args.hub_dataset is None):
-        sys.stderr.write("theworld eval: pass exactly one of --data FILE.jsonl and --hub-dataset NAME\n")
-        return 2
-    if args.data is not None:
-        dataset = load_vsr_jsonl(args.data, image_dir=args.image_dir)
-    else:
-        dataset = load_vsr_hub(args.hub_dataset, split=args.split, image_dir=args.image_dir)
-    if args.max_samples is not None:
-        dataset.examples = dataset.examples[: args.max_samples]
-    if dataset.num_skipped:
-        _echo(f"skipped {dataset.num_skipped} rows: {dict((k, v) for k, v in dataset.skipped.items() if v)}")
-    kw: dict[str, Any] = {}
-    if args.revision:
-        kw["revision"] = args.revision
-    if args.checkpoint_name:
-        kw["checkpoint_name"] = args.checkpoint_name
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = TheWorld.from_pretrained(args.checkpoint, **kw).to(device)
-    data: Any = dataset
-    if args.latent_cache and model.config.enable_world:
-        from theworld.latent_cache import CachedLatentDataset, LatentCache
-
-        cache = LatentCache(args.latent_cache, model)
-        data = CachedLatentDataset(dataset, cache, cache.prepare(dataset, model.processor))
-    result = evaluate(
-        model, data, mode=args.mode, ablation=args.ablation, batch_size=args.batch_size, seed=args.seed,
-        max_new_tokens=args.max_new_tokens, progress=True,
-    )
-    result["checkpoint"] = args.checkpoint
-    result["data"] = args.data or f"{args.hub_dataset}[{args.split}]"
-    result["skipped"] = dataset.skipped
-    pred_path, metrics_path = write_results(result, args.out)
-    _echo(format_metrics(result))
-    _echo(f"wrote {pred_path} and {metrics_path}")
-    return 0
-
-
-__all__ = ["ABLATIONS", "MODES", "compute_metrics", "derangement", "evaluate", "parse_answer", "write_results"]
+__all__ = ["ABLATIONS", "MODES", "compute_metrics", "derangement", "evaluate", "format_metrics", "parse_answer", "write_results"]

@@ -12,26 +12,16 @@ as one commit with huggingface_hub's ``HfApi.upload_folder``, exactly as ``TheWo
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
-import sys
 
-from .cli import echo as _echo
+from . import checkpoint_theworld
+
+logger = logging.getLogger(__name__)
 
 #: Files never uploaded: pickled weights (TheWorld only ever reads safetensors) and leftovers of interrupted saves.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="a checkpoint folder written by TheWorld.save_pretrained")
-    parser.add_argument("repo_id", help="hub repo id, e.g. user/theworld-vsr (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--revision", default=None, help="branch to commit to (default main)")
-    parser.add_argument("--path-in-repo", default=None, help="upload into this subfolder, e.g. checkpoint-2")
-    parser.add_argument("--commit-message", default=None, help="commit message")
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-    parser.add_argument("--token", default=None, help="hub token (default: the logged-in token / HF_TOKEN)")
 
 
 def check_checkpoint_folder(folder: str) -> list[str]:
@@ -92,21 +82,38 @@ def push_folder(
     )
 
 
-def upload_checkpoint_folder(folder: str, repo_id: str, **kwargs):
-    """Create ``repo_id`` (if needed) and upload ``folder`` as one commit through huggingface_hub."""
+def upload_checkpoint_folder(
+    folder: str,
+    repo_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    path_in_repo: str | None = None,
+    ignore_patterns: list[str] | None = None,
+    tags: list[str] | None = None,
+):
+    """Create ``repo_id`` (if needed) and upload ``folder`` as one commit through huggingface_hub; return its
+    ``CommitInfo``. Hidden entries (leftovers of interrupted saves) are never uploaded. ``tags`` are accepted for
+    `PreTrainedModel.push_to_hub`'s signature; TheWorld's model card carries its own tags."""
     from huggingface_hub import HfApi
 
-    api = HfApi(token=kwargs.pop("token", None))
-    private = kwargs.pop("private", None)
+    if tags:
+        logger.info("push_to_hub(tags=%s): TheWorld's model card carries its own tags; not sent separately.", tags)
+    api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     return api.upload_folder(
         repo_id=repo_id,
         folder_path=folder,
-        commit_message=kwargs.pop("commit_message", None) or "Upload TheWorld checkpoint",
-        revision=kwargs.pop("revision", None),
-        create_pr=kwargs.pop("create_pr", False),
-        path_in_repo=kwargs.pop("path_in_repo", None),
-        ignore_patterns=[".*", ".*/**", *(kwargs.pop("ignore_patterns", None) or [])],
+        commit_message=commit_message or "Upload TheWorld checkpoint",
+        commit_description=commit_description,
+        revision=revision,
+        create_pr=create_pr,
+        path_in_repo=path_in_repo,
+        ignore_patterns=[".*", ".*/**", *(ignore_patterns or [])],
     )
 
 
@@ -178,21 +185,7 @@ def write_model_card(model, folder: str, kind: str, saved: dict) -> None:
         f.write(model_card(model, kind, saved))
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        files = check_checkpoint_folder(args.folder)
-    except (FileNotFoundError, ValueError) as err:
-        sys.stderr.write(f"theworld push: error: {err}\n")
-        return 2
-    info = push_folder(
-        args.folder,
-        args.repo_id,
-        private=args.private or None,
-        revision=args.revision,
-        path_in_repo=args.path_in_repo,
-        commit_message=args.commit_message,
-        create_pr=args.create_pr,
-        token=args.token,
-    )
-    _echo(f"Uploaded {len(files)} files from {args.folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
-    return 0
+# save_pretrained(push_to_hub=True) and push_to_hub upload through this module (hub upload lives outside the
+# remote-code files); it is imported by the first save, whose model-card hook lives here.
+if upload_checkpoint_folder not in checkpoint_theworld.UPLOAD_HOOKS:
+    checkpoint_theworld.UPLOAD_HOOKS.append(upload_checkpoint_folder)

@@ -1,17 +1,20 @@
-"""On-disk cache of Cosmos world latents, so that a frozen VAE encodes every distinct image once.
+"""On-disk cache of world latents, so that a frozen world encoder encodes every distinct image once.
 
-While the Cosmos VAE is frozen, the latents of an image never change during training, and encoding them costs more
-than the rest of a tiny training step. :class:`LatentCache` stores them as one safetensors file per image:
+While the world encoder (the Wan 2.1 VAE encoder of Cosmos-Predict2) is frozen, the latents of an image never change
+during training, and encoding them costs more than the rest of a tiny training step. `LatentCache` stores them as one
+safetensors file per image:
 
     cache_dir/<namespace>/<key[:2]>/<key>.safetensors      tensor "latents" (z, T, h, w), float32
     cache_dir/<namespace>/namespace.json                     what the namespace was derived from
 
-* ``key`` = sha256 of the world pixels the VAE receives (``(3, S, S)`` float32 after the processor's centre crop and
-  resize), i.e. the image *content*, not its file name;
-* ``namespace`` = sha256 of everything else the latents depend on: the VAE fingerprint recorded at build time
-  (``config.base_fingerprints["cosmos_vae"]``), a digest of the VAE encoder weights actually in memory (so a
-  fine-tuned VAE never reuses stale latents), the VAE dtype, ``world_image_size``, ``num_world_steps``, and when
-  rollout is on ``rollout_seed``, ``rollout_num_inference_steps`` and the rollout weights' fingerprints.
+* ``key`` = sha256 of the world pixels the encoder receives (``(3, S, S)`` float32 from the processor's
+  ``world_pixel_values``, after its resize), i.e. the image *content*, not its file name;
+* ``namespace`` = sha256 of everything else the latents depend on (`namespace_fields`): the Cosmos weight fingerprints
+  recorded at build time (``config.base_models["cosmos"]["fingerprints"]``), a digest of the world-encoder weights
+  actually in memory (so a fine-tuned encoder never reuses stale latents), the encoder dtype, ``world_image_size``,
+  ``world_resize_mode``, ``legacy_preprocessing``, the latent statistics, ``num_world_steps`` and, when rollout is on,
+  ``rollout_mode``, ``rollout_seed``, ``rollout_num_inference_steps``, ``rollout_guidance_scale``, the scheduler config
+  and a digest of the rollout weights (DiT and prompt embeddings).
 
 Each file's safetensors metadata repeats the namespace and key; a file that does not match, or cannot be read, is
 re-encoded (with a warning) rather than trusted. Writes are atomic (temporary file + ``os.replace``), so parallel
@@ -34,7 +37,7 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 
 def _tensor_digest(t: torch.Tensor) -> str:
@@ -45,16 +48,14 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def vae_weights_digest(vae: torch.nn.Module) -> str:
-    """A digest of the VAE encoder's current weights: per tensor its name, shape, dtype, sum and 64 sampled values.
+def weights_digest(module: torch.nn.Module) -> str:
+    """A digest of a module's current weights and buffers: per tensor its name, shape, dtype, sum and 64 sampled values.
 
-    Cheap (one pass for the sums) and sensitive to any training of the encoder.
+    Cheap (one pass for the sums) and sensitive to any training of the module.
     """
     h = hashlib.sha256()
     with torch.no_grad():
-        for name, t in sorted(vae.state_dict().items()):
-            if not name.startswith(("encoder.", "quant_conv.")):
-                continue
+        for name, t in sorted(module.state_dict().items()):
             flat = t.detach().reshape(-1).to("cpu", torch.float64)
             idx = torch.linspace(0, max(flat.numel() - 1, 0), steps=min(64, flat.numel())).long()
             h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{float(flat.sum()):.17g}|".encode())
@@ -62,27 +63,40 @@ def vae_weights_digest(vae: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def world_encoder_of(model: Any) -> torch.nn.Module:
+    """The world encoder of a TheWorld model (``model.model.world_encoder``)."""
+    if not model.config.enable_world:
+        raise ValueError("Latent caching needs a model with enable_world=True; this one has no world encoder.")
+    return model.model.world_encoder
+
+
 def namespace_fields(model: Any) -> dict[str, Any]:
     """Everything besides the image that a world latent depends on (see the module docs)."""
     cfg = model.config
-    if not cfg.enable_world:
-        raise ValueError("Latent caching needs a model with enable_world=True.")
-    fingerprints = cfg.base_fingerprints or {}
-    vae_param = next(model.cosmos_vae.parameters())
+    encoder = world_encoder_of(model)
     fields: dict[str, Any] = {
         "format": CACHE_FORMAT_VERSION,
-        "vae_fingerprint": fingerprints.get("cosmos_vae"),
-        "vae_weights": vae_weights_digest(model.cosmos_vae),
-        "vae_dtype": str(vae_param.dtype),
+        "cosmos_fingerprints": dict(sorted((cfg.base_fingerprints.get("cosmos") or {}).items())),
+        "encoder_weights": weights_digest(encoder),
+        "encoder_dtype": str(next(encoder.parameters()).dtype),
         "world_image_size": cfg.world_image_size,
+        "world_resize_mode": cfg.world_resize_mode,
+        "legacy_preprocessing": cfg.legacy_preprocessing,
+        "latents_mean": list(cfg.world_config.latents_mean),
+        "latents_std": list(cfg.world_config.latents_std),
         "num_world_steps": cfg.num_world_steps,
-        "latents_mean": list(cfg.vae_config.get("latents_mean", []) if cfg.vae_config else []),
-        "latents_std": list(cfg.vae_config.get("latents_std", []) if cfg.vae_config else []),
     }
     if cfg.num_world_steps > 0:
-        fields["rollout_seed"] = cfg.rollout_seed
-        fields["rollout_num_inference_steps"] = cfg.rollout_num_inference_steps
-        fields["rollout_fingerprints"] = {k: v for k, v in fingerprints.items() if k.startswith("cosmos") and k != "cosmos_vae"}
+        rollout = model.model.world_rollout
+        fields.update(
+            rollout_mode=cfg.rollout_mode,
+            rollout_seed=cfg.rollout_seed,
+            rollout_num_inference_steps=cfg.rollout_num_inference_steps,
+            rollout_guidance_scale=cfg.rollout_guidance_scale,
+            rollout_scheduler_config=cfg.rollout_scheduler_config,
+            rollout_weights=weights_digest(rollout),
+            rollout_dtype=str(next(rollout.parameters()).dtype),
+        )
     return fields
 
 
@@ -128,7 +142,7 @@ class LatentCache:
 
     Args:
         cache_dir: root folder (created).
-        model: a `TheWorld` with ``enable_world=True``; its frozen VAE encodes missing images.
+        model: a `TheWorld` with ``enable_world=True``; its frozen world encoder (and rollout) encodes missing images.
 
     Attributes:
         namespace: hex digest of :func:`namespace_fields`.
@@ -136,10 +150,10 @@ class LatentCache:
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], model: Any) -> None:
-        if any(p.requires_grad for p in model.cosmos_vae.parameters()):
+        if any(p.requires_grad for p in world_encoder_of(model).parameters()):
             raise ValueError(
-                "Cannot cache world latents while the Cosmos VAE is trainable (freeze_cosmos_vae=False): they would "
-                "go stale after the first update. Freeze the VAE or disable latent caching."
+                "Cannot cache world latents while the world encoder is trainable (freeze_cosmos_vae=False): they would "
+                "go stale after the first update. Freeze the encoder or disable latent caching."
             )
         self.model = model
         self.fields = namespace_fields(model)
@@ -157,7 +171,7 @@ class LatentCache:
     # ------------------------------------------------------------------ keys and files
     @staticmethod
     def key(world_pixels: torch.Tensor) -> str:
-        """Content key of one world image ``(3, S, S)`` (the VAE's exact input)."""
+        """Content key of one world image ``(3, S, S)`` (the world encoder's exact input)."""
         return _tensor_digest(world_pixels.float())
 
     def path(self, key: str) -> str:
@@ -191,7 +205,8 @@ class LatentCache:
 
     # ------------------------------------------------------------------ datasets
     def world_pixels(self, dataset: Sequence, processor: Any, index: int) -> torch.Tensor:
-        return processor.preprocess_world_images([dataset[index]["image"]])[0]
+        """``(3, S, S)`` world pixels of example ``index``."""
+        return processor.world_pixel_values([dataset[index]["image"]])[0]
 
     def prepare(
         self,
@@ -231,11 +246,12 @@ class LatentCache:
         mine = missing[rank::world]
         bar = tqdm(total=len(mine), desc="encoding world latents", disable=not progress or not mine, leave=False)
         model = self.model
+        device = next(world_encoder_of(model).parameters()).device
         with torch.no_grad():
             for start in range(0, len(mine), batch_size):
                 chunk = mine[start : start + batch_size]
                 pixels = torch.stack([self.world_pixels(dataset, processor, first[k]) for k in chunk])
-                latents = model.encode_world(pixels.to(model.world_device))
+                latents = model.encode_world(pixels.to(device))
                 for k, lat in zip(chunk, latents):
                     self.put(k, lat)
                 self.stats["encoded"] += len(chunk)
@@ -316,4 +332,4 @@ class CachedLatentDataset(Dataset):
         return item
 
 
-__all__ = ["CachedLatentDataset", "LatentCache", "namespace_fields", "vae_weights_digest"]
+__all__ = ["CachedLatentDataset", "LatentCache", "namespace_fields", "weights_digest"]

@@ -29,7 +29,7 @@ Data flow for a batch of ``B`` prompts holding ``B_w`` world blocks (one per ima
          a block attending to each other (bidirectionally) like Gemma 3's image tokens.
 """
 
-
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -53,10 +53,13 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import auto_docstring, can_return_tuple, torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_theworld import TheWorldConfig
 from .rollout_theworld import TheWorldRollout
 from .world_encoder_theworld import TheWorldWanEncoder, TheWorldWanRMSNorm
+
+logger = logging.getLogger(__name__)
 
 # Gemma 3 checkpoints on the hub use the pre-5.x key layout (``language_model.model.*``); transformers renames it per
 # model type, so TheWorld registers the same renaming (and, as custom code, must register it to have it applied).
@@ -176,7 +179,9 @@ def attention_masks_with_blocks(
         return create_masks_for_generate(**kwargs)
     masks = {"full_attention": create_causal_mask(**kwargs, block_sequence_ids=block_sequence_ids)}
     if "sliding_attention" in set(text_config.layer_types):
-        sliding_layer = cache.is_sliding.index(True) if getattr(cache, "is_sliding", None) and True in cache.is_sliding else 0
+        sliding_layer = (
+            cache.is_sliding.index(True) if getattr(cache, "is_sliding", None) and True in cache.is_sliding else 0
+        )
         early_exit, _, _, _, kv_length, _, kv_offset = _preprocess_mask_arguments(**kwargs, layer_idx=sliding_layer)
         padded = block_sequence_ids
         if not early_exit:
@@ -212,10 +217,30 @@ def check_world_layout(input_ids: torch.Tensor, config: TheWorldConfig, num_worl
             "prompt cuts a block)."
         )
     blocks = int(starts.sum())
+    if blocks and not num_world_inputs:
+        raise ValueError(
+            f"input_ids hold {blocks} world block(s) but no world_pixel_values, world_latents or world_embeds_override "
+            "were given; pass the world_pixel_values the processor returns (one world image per block)."
+        )
     if blocks != num_world_inputs:
         raise ValueError(
             f"input_ids hold {blocks} world block(s) but {num_world_inputs} world input(s) (world_pixel_values, "
             "world_latents or world_embeds_override rows) were given; pass exactly one per world block, in order."
+        )
+
+
+def check_world_pixel_range(world_pixel_values: torch.Tensor, legacy: bool) -> None:
+    """Host-side check (eager mode only) that world pixels are finite and in the processor's range: [-1, 1], or
+    [0, 255] for ``legacy_preprocessing``."""
+    if not bool(torch.isfinite(world_pixel_values).all()):
+        raise ValueError("world_pixel_values contain NaN values (or Inf); make them with the model's processor.")
+    lo, hi = (0.0, 255.0) if legacy else (-1.0, 1.0)
+    low, high = float(world_pixel_values.min()), float(world_pixel_values.max())
+    if low < lo - 1e-3 or high > hi + 1e-3:
+        raise ValueError(
+            f"world_pixel_values must lie in [{lo:g}, {hi:g}] (got [{low:.3g}, {high:.3g}]); "
+            + ("pixels in [0, 255] or [0, 1] must be rescaled to [-1, 1]. " if not legacy else "")
+            + "The model's processor does this."
         )
 
 
@@ -260,6 +285,19 @@ class TheWorldMultiModalProjector(nn.Module):
         return torch.matmul(tokens, self.mm_input_projection_weight).type_as(vision_outputs)
 
 
+class TheWorldProjectorLinear(nn.Linear):
+    """A layer of the world projector (its own class so that ``_init_weights`` gives it Xavier-uniform weights)."""
+
+
+class TheWorldBoundaryEmbedding(nn.Embedding):
+    """The learned ``<start_of_world>`` / ``<end_of_world>`` embeddings, ``(2, hidden_size)``."""
+
+
+class TheWorldStepEmbedding(nn.Embedding):
+    """A learned embedding per world frame, ``(1 + num_world_steps, hidden_size)``; zeros at first, so a rollout model
+    starts out as its ``num_world_steps=0`` counterpart plus the predicted frames."""
+
+
 class TheWorldProjector(nn.Module):
     """Projects world-token vectors ``(B, N, D_in)`` to Gemma's hidden size ``(B, N, d_model)``.
 
@@ -271,12 +309,12 @@ class TheWorldProjector(nn.Module):
         super().__init__()
         width = config.text_config.hidden_size
         self.architecture = config.projection_architecture
-        self.linear_1 = nn.Linear(config.world_token_dim, width)
+        self.linear_1 = TheWorldProjectorLinear(config.world_token_dim, width)
         self.act = nn.GELU()
         # CODEPATH: "mlp" and "mlp_no_final_gelu" checkpoints (the default and the earlier code's variant) have a second
         # layer; "linear" checkpoints have none.
         if config.projection_architecture != "linear":
-            self.linear_2 = nn.Linear(width, width)
+            self.linear_2 = TheWorldProjectorLinear(width, width)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden = self.linear_1(tokens)
@@ -312,25 +350,22 @@ class TheWorldPreTrainedModel(PreTrainedModel):
             init.zeros_(module.mm_input_projection_weight)
         elif isinstance(module, TheWorldRMSNorm):
             init.zeros_(module.weight)
-        elif isinstance(module, TheWorldProjector):
-            for layer in (module.linear_1, getattr(module, "linear_2", None)):
-                if layer is None:
-                    continue
-                # CODEPATH: random_projection_init reproduces the earlier research code's N(0, std) projector init;
-                # every other checkpoint starts from Xavier-uniform.
-                if self.config.random_projection_init:
-                    init.normal_(layer.weight, std=std)
-                else:
-                    init.xavier_uniform_(layer.weight)
-                init.zeros_(layer.bias)
+        elif isinstance(module, TheWorldProjectorLinear):
+            # CODEPATH: random_projection_init reproduces the earlier research code's N(0, std) projector init; every
+            # other checkpoint starts from Xavier-uniform.
+            if self.config.random_projection_init:
+                init.normal_(module.weight, std=std)
+            else:
+                init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, TheWorldBoundaryEmbedding):
+            init.normal_(module.weight, std=1.0)
+        elif isinstance(module, TheWorldStepEmbedding):
+            init.zeros_(module.weight)
         elif isinstance(module, TheWorldWanRMSNorm):
             init.ones_(module.gamma)
         elif isinstance(module, TheWorldWanEncoder):
             module.reset_latent_statistics()
-        elif isinstance(module, TheWorldModel):
-            init.normal_(module.world_boundary_embeddings.weight, std=1.0)
-            if getattr(module, "world_step_embeddings", None) is not None:
-                init.zeros_(module.world_step_embeddings.weight)
 
 
 @auto_docstring(
@@ -353,10 +388,10 @@ class TheWorldModel(TheWorldPreTrainedModel):
         if config.enable_world:
             self.world_encoder = TheWorldWanEncoder(config.world_config)
             self.world_projector = TheWorldProjector(config)
-            self.world_boundary_embeddings = nn.Embedding(2, width)
+            self.world_boundary_embeddings = TheWorldBoundaryEmbedding(2, width)
             # CODEPATH: rollout checkpoints (num_world_steps > 0) add a learned embedding per predicted frame.
             if config.num_world_steps > 0:
-                self.world_step_embeddings = nn.Embedding(config.num_world_frames, width)
+                self.world_step_embeddings = TheWorldStepEmbedding(config.num_world_frames, width)
             # CODEPATH: rollout checkpoints (and load_full_cosmos_pipeline) hold the frozen Cosmos DiT.
             if config.rollout_enabled:
                 self.world_rollout = TheWorldRollout(config)
@@ -396,6 +431,8 @@ class TheWorldModel(TheWorldPreTrainedModel):
                 f"world_pixel_values must have shape (B, 3, {size}, {size}), got {tuple(world_pixel_values.shape)}; "
                 "use the model's processor to make them."
             )
+        if not torch.compiler.is_compiling():
+            check_world_pixel_range(world_pixel_values, self.config.legacy_preprocessing)
         mu = self.world_encoder(world_pixel_values)
         # CODEPATH: the earlier research code's checkpoints were trained on unnormalised latents.
         latents = mu if self.config.legacy_preprocessing else self.world_encoder.normalize(mu)
@@ -433,7 +470,8 @@ class TheWorldModel(TheWorldPreTrainedModel):
                     f"(channels, 1 + num_world_steps frames, latent grid of a {cfg.world_image_size}px image), got "
                     f"{tuple(world_latents.shape)}. Recompute them with model.encode_world for this model."
                 )
-        projector_dtype = self.world_boundary_embeddings.weight.dtype
+        # The one cast of the latents: to the projector's dtype (float32 unless the model was cast with `.to`).
+        projector_dtype = self.world_projector.linear_1.weight.dtype
         tokens = latents_to_world_tokens(latents.to(projector_dtype), cfg.world_projection_mode, cfg.world_pooling)
         features = self.world_projector(tokens)
         # CODEPATH: rollout checkpoints tell the frames apart with a learned embedding per frame.
@@ -450,8 +488,10 @@ class TheWorldModel(TheWorldPreTrainedModel):
         mask = self.token_mask(input_ids, inputs_embeds, self.config.image_token_id)
         torch_compilable_check(
             mask.sum() * inputs_embeds.shape[-1] == image_features.numel(),
-            lambda: f"Image features and image tokens do not match: {int(mask.sum())} tokens, "
-            f"{image_features.shape[0] * image_features.shape[1]} features.",
+            lambda: (
+                f"Image features and image tokens do not match: {int(mask.sum())} tokens, "
+                f"{image_features.shape[0] * image_features.shape[1]} features."
+            ),
         )
         return mask.unsqueeze(-1)
 
@@ -462,13 +502,59 @@ class TheWorldModel(TheWorldPreTrainedModel):
         mask = self.token_mask(input_ids, inputs_embeds, self.config.world_token_id)
         torch_compilable_check(
             mask.sum() * inputs_embeds.shape[-1] == world_features.numel(),
-            lambda: f"World features and world tokens do not match: {int(mask.sum())} <world_soft_token> positions, "
-            f"{world_features.shape[0]} x {world_features.shape[1]} features. Pass one world image (or latent) per "
-            "world block.",
+            lambda: (
+                f"World features and world tokens do not match: {int(mask.sum())} <world_soft_token> positions, "
+                f"{world_features.shape[0]} x {world_features.shape[1]} features. Pass one world image (or latent) per "
+                "world block."
+            ),
         )
         return mask.unsqueeze(-1)
 
-    def token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, token_id: int) -> torch.Tensor:
+    def world_marker_masks(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        token_type_ids: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(start, world, end)``: ``(B, L)`` masks of ``<start_of_world>``, ``<world_soft_token>`` and
+        ``<end_of_world>``.
+
+        From ``input_ids`` when given; else from ``token_type_ids`` (world tokens are type 2, the markers the positions
+        just before and after a run of them), which does not rely on the three embedding rows being distinct; else by
+        matching the embedding rows in ``inputs_embeds``.
+        """
+        if input_ids is None and token_type_ids is not None:
+            world = token_type_ids.to(inputs_embeds.device) == WORLD_TOKEN_TYPE
+            before = nn.functional.pad(world, (0, 1), value=False)[:, 1:]
+            after = nn.functional.pad(world, (1, 0), value=False)[:, :-1]
+            return before & ~world, world, after & ~world
+        cfg = self.config
+        start, end, world = cfg.world_token_ids
+        return (
+            self.token_mask(input_ids, inputs_embeds, start),
+            self.token_mask(input_ids, inputs_embeds, world),
+            self.token_mask(input_ids, inputs_embeds, end),
+        )
+
+    def warn_if_padding_without_mask(self, input_ids: torch.LongTensor | None, attention_mask) -> None:
+        """Warn when ``input_ids`` ``(B, L)`` start or end with the pad token and no ``attention_mask`` was given: the
+        padding would be attended to and change the logits. A host-side check, skipped under compile/export."""
+        pad = self.config.text_config.pad_token_id
+        if attention_mask is not None or input_ids is None or pad is None or torch.compiler.is_compiling():
+            return
+        ends = input_ids[:, [0, -1]] == pad
+        if bool(ends.any()):
+            rows = ends.any(-1).nonzero().flatten().tolist()
+            logger.warning(
+                "Rows %s of input_ids start or end with the pad token (id %d) but no attention_mask was given, so the "
+                "padding is attended to and changes the logits. Pass the attention_mask the processor returns.",
+                rows,
+                pad,
+            )
+
+    def token_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, token_id: int
+    ) -> torch.Tensor:
         """``(B, L)`` positions of ``token_id``: from ``input_ids``, else by matching its embedding row."""
         if input_ids is not None:
             return input_ids == token_id
@@ -494,6 +580,7 @@ class TheWorldModel(TheWorldPreTrainedModel):
     # ------------------------------------------------------------------ forward
     @can_return_tuple
     @auto_docstring
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -512,7 +599,8 @@ class TheWorldModel(TheWorldPreTrainedModel):
         r"""
         token_type_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             0 for text, 1 for SigLIP image tokens (attend bidirectionally within their image, as in Gemma 3), 2 for
-            world tokens. World blocks are found from `input_ids` whether or not this is given.
+            world tokens. World blocks are found from `input_ids` whether or not this is given; with `inputs_embeds`
+            alone, from these types (else by matching the world tokens' embedding rows).
         world_pixel_values (`torch.FloatTensor` of shape `(num_world_blocks, 3, world_image_size, world_image_size)`, *optional*):
             World images from [`TheWorldProcessor`], one per world block, in order.
         world_latents (`torch.FloatTensor` of shape `(num_world_blocks, z, num_world_frames, h, w)`, *optional*):
@@ -523,6 +611,7 @@ class TheWorldModel(TheWorldPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         cfg = self.config
+        self.warn_if_padding_without_mask(input_ids, attention_mask)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
 
@@ -538,6 +627,11 @@ class TheWorldModel(TheWorldPreTrainedModel):
         # CODEPATH: enable_world=False checkpoints are Gemma 3 and take no world inputs.
         if world_given and not cfg.enable_world:
             raise ValueError("This model was built with enable_world=False; it takes no world inputs.")
+        # CODEPATH: world checkpoints refuse a prompt whose world blocks come without world inputs (host-side, eager
+        # only); a one-token step (decoding) may hold any id, a sampled world id included.
+        if not world_given and cfg.enable_world and input_ids is not None and input_ids.shape[1] > 1:
+            if not torch.compiler.is_compiling():
+                check_world_layout(input_ids, cfg, 0)
         if world_given:
             if len(world_given) > 1:
                 raise ValueError("Pass only one of world_pixel_values, world_latents or world_embeds_override.")
@@ -553,8 +647,9 @@ class TheWorldModel(TheWorldPreTrainedModel):
                 world_features = world_embeds_override
             else:
                 world_features = self.get_world_features(world_pixel_values, world_latents)
-            world_token_mask = self.token_mask(input_ids, inputs_embeds, cfg.world_token_id)
-            inputs_embeds = self.place_world_features(input_ids, inputs_embeds, world_features)
+            markers = self.world_marker_masks(input_ids, inputs_embeds, token_type_ids)
+            world_token_mask = markers[1]
+            inputs_embeds = self.place_world_features(input_ids, inputs_embeds, world_features, markers)
 
         if not isinstance(causal_mask_mapping := attention_mask, dict):
             types = None
@@ -578,20 +673,30 @@ class TheWorldModel(TheWorldPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        return TheWorldModelOutputWithPast(
-            **outputs, image_outputs=image_outputs, world_hidden_states=world_features
-        )
+        return TheWorldModelOutputWithPast(**outputs, image_outputs=image_outputs, world_hidden_states=world_features)
 
     def place_world_features(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, world_features: torch.Tensor
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        world_features: torch.Tensor,
+        markers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Scatter ``world_features`` ``(B_w, N, d)`` into the placeholders of ``inputs_embeds`` ``(B, L, d)`` and put the
-        learned boundary embeddings at the start and end markers. Differentiable in both."""
-        cfg = self.config
+        learned boundary embeddings at the start and end markers. Differentiable in both. ``markers``: the
+        ``(start, world, end)`` masks of `world_marker_masks` (computed from ``input_ids`` when not given)."""
         features = world_features.to(inputs_embeds.device, inputs_embeds.dtype)
-        world_mask = self.get_world_placeholder_mask(input_ids, inputs_embeds, features)
-        start_mask = self.token_mask(input_ids, inputs_embeds, cfg.start_of_world_token_id).unsqueeze(-1)
-        end_mask = self.token_mask(input_ids, inputs_embeds, cfg.end_of_world_token_id).unsqueeze(-1)
+        if markers is None:
+            markers = self.world_marker_masks(input_ids, inputs_embeds)
+        start_mask, world_mask, end_mask = (mask.unsqueeze(-1) for mask in markers)
+        torch_compilable_check(
+            world_mask.sum() * inputs_embeds.shape[-1] == features.numel(),
+            lambda: (
+                f"World features and world tokens do not match: {int(world_mask.sum())} <world_soft_token> "
+                f"positions, {features.shape[0]} x {features.shape[1]} features. Pass one world image (or latent) per "
+                "world block."
+            ),
+        )
         boundary = self.world_boundary_embeddings.weight.to(inputs_embeds.device, inputs_embeds.dtype)
         out = inputs_embeds.masked_scatter(world_mask, features)
         out = torch.where(start_mask, boundary[0], out)
@@ -615,6 +720,11 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         #: The `TheWorldProcessor` this model was loaded with (``None`` for a model built from a config alone).
         self.processor = None
+        # CODEPATH: world checkpoints never sample a world token (it has no meaning outside a world block); the loaders
+        # set the same on the generation config they read.
+        if config.enable_world and self.generation_config is not None:
+            suppress = set(self.generation_config.suppress_tokens or []) | set(config.world_token_ids)
+            self.generation_config.suppress_tokens = sorted(i for i in suppress if i is not None)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -650,6 +760,7 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
 
     @can_return_tuple
     @auto_docstring
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -687,10 +798,11 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
             input_ids, attention_mask, labels, token_type_ids, world_pixel_values = self.inputs_from_images(
                 images, input_ids, attention_mask, labels, token_type_ids
             )
+        reference = inputs_embeds if input_ids is None else input_ids
         # CODEPATH: world checkpoints never supervise the world block itself.
-        if labels is not None and input_ids is not None and self.config.enable_world:
-            world_ids = torch.tensor(self.config.world_token_ids, device=input_ids.device)
-            labels = labels.masked_fill(torch.isin(input_ids, world_ids), -100)
+        if labels is not None and self.config.enable_world and reference is not None:
+            start, world, end = self.model.world_marker_masks(input_ids, reference, token_type_ids)
+            labels = labels.masked_fill((start | world | end).to(labels.device), -100)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -710,7 +822,9 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
         return TheWorldCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -762,9 +876,27 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
         return insert(input_ids, None), insert(attention_mask, 1), insert(labels, -100), new_types, world_pixel_values
 
     # ------------------------------------------------------------------ generation
-    def prepare_inputs_for_generation(self, input_ids, use_cache=True, is_first_iteration=False, **kwargs):
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        cache=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        use_cache=True,
+        is_first_iteration=False,
+        **kwargs,
+    ):
+        """`GenerationMixin.prepare_inputs_for_generation`; the world inputs, images and token types go to the prefill
+        only (every step without a cache). ``inputs_embeds`` (the prompt's) are used in the prefill."""
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, use_cache=use_cache, is_first_iteration=is_first_iteration, **kwargs
+            input_ids,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
         )
         if is_first_iteration or not use_cache:
             # The bidirectional blocks are read by position, so a prefill needs the types from the start.
@@ -774,6 +906,32 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
             for key in ("world_pixel_values", "world_latents", "world_embeds_override", "images", "pixel_values"):
                 model_inputs.pop(key, None)
         return model_inputs
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """`GenerationMixin._expand_inputs_for_generation` (beams, ``num_return_sequences``), repeating the world inputs
+        and images per prompt row: ``world_pixel_values`` ``(B_w, ...)`` and ``pixel_values`` ``(B_i, ...)`` hold one
+        entry per block, in row order, so a row with two images needs its two entries repeated together."""
+        per_row = {}
+        # CODEPATH: world checkpoints; enable_world=False keeps Gemma 3's expansion exactly.
+        if expand_size > 1 and self.config.enable_world and isinstance(input_ids, torch.Tensor) and input_ids.ndim == 2:
+            world_blocks = (input_ids == self.config.start_of_world_token_id).sum(-1)
+            image_blocks = (input_ids == self.config.image_token_id).sum(-1) // self.config.mm_tokens_per_image
+            for key, counts in (
+                ("world_pixel_values", world_blocks),
+                ("world_latents", world_blocks),
+                ("world_embeds_override", world_blocks),
+                ("pixel_values", image_blocks),
+            ):
+                value = model_kwargs.get(key)
+                if isinstance(value, torch.Tensor) and int(counts.sum()) == value.shape[0]:
+                    rows = value.split(counts.tolist())
+                    per_row[key] = torch.cat([row for row in rows for _ in range(expand_size)])
+                    model_kwargs.pop(key)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        model_kwargs.update(per_row)
+        return input_ids, model_kwargs
 
     @staticmethod
     def create_masks_for_generate(
@@ -829,6 +987,13 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
         from .checkpoint_theworld import load_pretrained  # checkpoint I/O imports the model, never the reverse
 
         return load_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, save_full_model: bool = False, **kwargs):
+        """Save the checkpoint (partial by default) into a temporary folder and upload exactly that folder as one
+        commit (``private=``, ``token=``, ``revision=``, ``commit_message=``, ``create_pr=`` ...)."""
+        from .checkpoint_theworld import push_checkpoint
+
+        return push_checkpoint(self, repo_id, save_full_model=save_full_model, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str, **kwargs):

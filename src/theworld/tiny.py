@@ -789,20 +789,3 @@ def build_tiny_bases(out_dir: str | os.PathLike[str], seed: int = 0, size: str =
     record = {**wanted, "preset": asdict(preset), "params": {"gemma": gemma_params, **cosmos_params}}
     _write_json(marker_file, record)
     return TinyBases(gemma=str(gemma_dir), cosmos=str(cosmos_dir))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# `theworld tiny OUT_DIR [--seed N] [--size tiny|small|base100m]`
-# ----------------------------------------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    parser.add_argument("out_dir", help="folder that receives gemma/ and cosmos/")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every weight (default 0)")
-    parser.add_argument("--size", choices=SIZES, default="tiny", help="size preset (default tiny)")
-
-
-def run(args) -> int:
-    from .cli import echo
-
-    bases = build_tiny_bases(args.out_dir, seed=args.seed, size=args.size)
-    echo(f"gemma:  {bases.gemma}\ncosmos: {bases.cosmos}")
-    return 0

@@ -14,11 +14,9 @@ with ``save_pretrained`` (atomic). ``--dtype`` casts the base weights (the world
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 
-from . import echo as _echo
+from . import echo, error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,37 +38,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from transformers.utils.hub import convert_file_size_to_int
 
     from theworld import TheWorld
-    from theworld.modeling_theworld import resolve_file
 
-    hub = {"revision": args.revision} if args.revision else {}
-    config_path = resolve_file(args.source, "config.json", args.checkpoint_name or "", **hub)
-    if config_path is not None:
-        with open(config_path) as f:
-            model_type = json.load(f).get("model_type")
-        if model_type not in ("theworld", "the_world"):
-            sys.stderr.write(
-                f"theworld export: error: {args.source} has model_type {model_type!r}; export re-saves TheWorld "
-                "checkpoints. To start from a Gemma 3 base, build the model in Python with TheWorld.from_pretrained("
-                "gemma, cosmos_model_name=...) and save it.\n"
-            )
-            return 2
-    kwargs = dict(hub)
+    from .inspect import require_checkpoint
+
+    require_checkpoint(args.source, "export", args.checkpoint_name, args.revision)
+    if os.path.isfile(args.destination):
+        return error(f"destination {args.destination!r} is a file; pass a folder to write the checkpoint to.")
+    try:
+        convert_file_size_to_int(args.max_shard_size)
+    except ValueError:
+        return error(f"--max-shard-size {args.max_shard_size!r} is not a size; use e.g. 5GB, 500MB or 200KB.")
+    kwargs = {"revision": args.revision} if args.revision else {}
     if args.checkpoint_name:
         kwargs["checkpoint_name"] = args.checkpoint_name
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
     if args.ignore_fingerprint_mismatch:
         kwargs["ignore_fingerprint_mismatch"] = True
-    try:
-        model = TheWorld.from_pretrained(args.source, **kwargs)
-    except (OSError, ValueError) as err:
-        sys.stderr.write(f"theworld export: error: {err}\n")
-        return 2
+    model = TheWorld.from_pretrained(args.source, **kwargs)
     model.save_pretrained(args.destination, save_full_model=args.full, max_shard_size=args.max_shard_size)
     names = sorted(n for n in os.listdir(args.destination) if n.startswith("model"))
     size = sum(os.path.getsize(os.path.join(args.destination, n)) for n in names)
     kind = "full" if args.full else "partial"
-    _echo(f"Wrote a {kind} TheWorld checkpoint to {args.destination}: {', '.join(names)} ({size:,} bytes)")
+    echo(f"Wrote a {kind} TheWorld checkpoint to {args.destination}: {', '.join(names)} ({size:,} bytes)")
     return 0

@@ -6,19 +6,25 @@ Example::
 
 The prompt is wrapped in the checkpoint's chat template (one user turn holding the image and the text, then the model
 turn), decoded greedily, and only the newly generated text is printed.
+
+The image file is checked before the model loads: its size is read from the header and an image over
+``--max-image-pixels`` (a decompression bomb, or a photo that needs downscaling) is refused before any pixel is
+decoded. Without ``--trust-remote-code`` nothing from the checkpoint folder is executed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import warnings
 from typing import Any
 
-from . import echo as _echo
+from . import echo, error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from theworld.processing_theworld import DEFAULT_MAX_IMAGE_PIXELS
+
     parser.add_argument("--model", required=True, help="TheWorld checkpoint: local folder or hub repo id")
     parser.add_argument("--image", default=None, help="path of the image (omit for a text-only prompt)")
     parser.add_argument("--prompt", required=True, help="the question or instruction")
@@ -30,37 +36,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="dtype of the base models"
     )
     parser.add_argument(
+        "--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"largest accepted image, width x height (default {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
+    parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="load through transformers' Auto classes with trust_remote_code=True (runs the checkpoint's code)",
     )
 
 
-def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Return ``(model, processor)`` for ``args.model``."""
+def resolve_device(name: str | None):
+    """``torch.device`` of ``--device`` (default: cuda when available); `ValueError` for an unknown or absent one."""
     import torch
 
-    dtype = getattr(torch, args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a torch device ({err}); use e.g. cpu, cuda or cuda:1.") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name!r}: no such CUDA device here ({torch.cuda.device_count()} available); use cpu.")
+    return device
+
+
+def open_image(path: str, max_pixels: int | None):
+    """The RGB image in ``path``, its size checked against ``max_pixels`` before any pixel is decoded.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: not an image PIL can read, too small, over ``max_pixels`` (or PIL's own bomb limit), or damaged.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from theworld.processing_theworld import image_to_rgb
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {path!r} does not exist (or is not a file).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(path)  # reads the header only
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError(
+                f"{path} is too large to decode safely: {err} Downscale the image (the limit here is "
+                f"{max_pixels:,} px; --max-image-pixels sets it)."
+            ) from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read {path!r} as an image ({err}); pass a PNG, JPEG or other image file.") from None
+    with opened:
+        return image_to_rgb(opened, max_pixels)  # size check first, then decoding (errors become ValueError)
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Return ``(model, processor)`` for ``args.model``, on ``args.device`` in eval mode."""
+    import torch
+
+    device = resolve_device(args.device)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, args.dtype)}
     if args.revision:
         kwargs["revision"] = args.revision
-    if args.checkpoint_name:
-        kwargs["checkpoint_name"] = args.checkpoint_name
     if args.trust_remote_code:
         from transformers import AutoModel, AutoProcessor
 
-        model = AutoModel.from_pretrained(args.model, trust_remote_code=True, **kwargs)
+        sub = {"subfolder": args.checkpoint_name} if args.checkpoint_name else {}
+        model = AutoModel.from_pretrained(args.model, trust_remote_code=True, **sub, **kwargs)
         processor = getattr(model, "processor", None)
         if processor is None:
-            sub = {"subfolder": args.checkpoint_name} if args.checkpoint_name else {}
             rev = {"revision": args.revision} if args.revision else {}
             processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True, **sub, **rev)
     else:
-        from .modeling_theworld import TheWorld
+        from theworld import TheWorld
 
+        if args.checkpoint_name:
+            kwargs["checkpoint_name"] = args.checkpoint_name
         model = TheWorld.from_pretrained(args.model, **kwargs)
         processor = model.processor
+    if processor is None:
+        raise ValueError(
+            f"{args.model} holds no processor files (tokenizer, processor_config.json); save the checkpoint with "
+            "TheWorld.save_pretrained so that they are written."
+        )
     model.to(device)
     model.eval()
     return model, processor
@@ -90,31 +147,20 @@ def generate_answer(model: Any, processor: Any, image: Any, prompt: str, max_new
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1:
-        _echo(f"error: --max-new-tokens must be at least 1, got {args.max_new_tokens}.", sys.stderr)
-        return 2
-    image = None
-    if args.image is not None:
-        if not os.path.isfile(args.image):
-            _echo(f"error: image file {args.image!r} does not exist.", sys.stderr)
-            return 2
-        from PIL import Image, UnidentifiedImageError
+    from .inspect import require_checkpoint
 
-        try:
-            with Image.open(args.image) as opened:
-                opened.load()
-                image = opened.copy()
-        except (UnidentifiedImageError, OSError) as err:
-            _echo(f"error: cannot read {args.image!r} as an image ({err}).", sys.stderr)
-            return 2
+    if args.max_new_tokens < 1:
+        return error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.max_image_pixels < 1:
+        return error(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
+    if not args.prompt.strip():
+        return error("--prompt is empty; pass the question or instruction.")
+    image = None if args.image is None else open_image(args.image, args.max_image_pixels)
+    require_checkpoint(args.model, "generate", args.checkpoint_name, args.revision)
     model, processor = load_model(args)
-    try:
-        answer = generate_answer(model, processor, image, args.prompt, args.max_new_tokens)
-    except ValueError as err:
-        _echo(f"error: {err}", sys.stderr)
-        return 2
-    _echo(answer)
+    processor.max_image_pixels = args.max_image_pixels
+    echo(generate_answer(model, processor, image, args.prompt, args.max_new_tokens))
     return 0
 
 
-__all__ = ["add_arguments", "generate_answer", "load_model", "run"]
+__all__ = ["add_arguments", "generate_answer", "load_model", "open_image", "resolve_device", "run"]

@@ -7,7 +7,9 @@ Prompt layout (one user turn, one assistant turn)::
 
 which Gemma 3's template renders as ``<bos><start_of_turn>user\\n<start_of_image>Statement: ...<end_of_turn>\\n
 <start_of_turn>model\\n1<end_of_turn>\\n``; the processor then expands the image into SigLIP tokens and writes the
-world block (``<start_of_world>`` + N x ``<world_soft_token>`` + ``<end_of_world>``) after ``<bos>``.
+world block (``<start_of_world>`` + N x ``<world_soft_token>`` + ``<end_of_world>``) where the model's
+``world_placement`` says: right after the image's SigLIP block (``"after_image"``, the default) or after ``<bos>``
+(``"after_bos"``, theworld 0.1.0).
 
 Supervision (``train=True``): labels are ``-100`` everywhere except at the answer token(s) (the tokens of ``"0"`` /
 ``"1"``). ``<end_of_turn>`` after the answer is supervised only with ``supervise_end_of_turn=True``; it is off by
@@ -19,7 +21,7 @@ it are at ``t - 1``.
 Padding: ``train=True`` pads on the **right** (the real tokens keep the positions they have alone, and padding after
 the answer cannot influence it under causal attention); ``train=False`` (generation prompts) pads on the **left**, so
 that every row's next token is the last column. Padding carries ``attention_mask = 0``, ``labels = -100`` and
-``token_type_ids = 0``.
+``token_type_ids = 0`` (the processor's token types: 0 text, 1 SigLIP image token, 2 world token).
 """
 
 from __future__ import annotations
