@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             args.repeats,
             args.warmup,
         )
-        _echo(_row("2. fused forward / (world encode + Gemma 3, same length)", t["ours"], t["base"], 1.05))
+        _echo(_row("2. fused forward / (encode + Gemma 3, same length)", t["ours"], t["base"], 1.05))
         _echo(
             f"   (informational: baseline with diffusers' AutoencoderKLWan encode {t['diffusers'] * 1e3:.2f} ms; "
             f"fused / that {t['ours'] / t['diffusers']:.3f})"

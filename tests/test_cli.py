@@ -235,6 +235,7 @@ BAD_INPUTS = [
     (["tiny", "{a_file}"], r"error: .*a_file"),
     (["demo", "--num-test", "1", "--out", "{root}/d"], r"error: --num-test must be >= 2"),
     (["demo", "--image-size", "60", "--out", "{root}/d"], r"error: --image-size must be >= 32 and divisible by 8"),
+    (["demo", "--world-pooling", "0", "--out", "{root}/d"], r"error: .*--world-pooling must be >= 1"),
 ]
 
 
@@ -320,6 +321,9 @@ CONSENT_SCRIPT = textwrap.dedent(
     codes["inspect"] = main(["inspect", ckpt])
     codes["export"] = main(["export", ckpt, os.path.join(out, "exported")])
     codes["eval"] = main(["eval", "--checkpoint", ckpt, "--data", data, "--out", os.path.join(out, "eval")])
+    codes["train"] = main(["train", "--set", "output_dir=" + os.path.join(out, "train"), "--set", "init_from=" + ckpt,
+                           "--set", "train_file=" + data, "--set", "max_steps=1", "--set", "per_device_batch_size=2",
+                           "--set", "progress_bar=false"])
     before_control = sorted(os.listdir(markers))
     # control: the planted tokenizer module does run when code is trusted (so the markers above could appear)
     from transformers import AutoTokenizer
@@ -364,8 +368,8 @@ def test_nothing_from_the_checkpoint_runs_without_trust_remote_code(files, tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert result["codes"] == {"generate": 0, "inspect": 0, "export": 0, "eval": 0}, proc.stderr[-3000:]
-    assert result["before"] == []  # generate, inspect, export and eval imported nothing from the folder
+    assert result["codes"] == {"generate": 0, "inspect": 0, "export": 0, "eval": 0, "train": 0}, proc.stderr[-3000:]
+    assert result["before"] == []  # generate, inspect, export, eval and train (init_from) imported nothing from it
     assert result["after"] == ["tokenizer"]  # the control: trusting the folder runs its tokenizer module
     assert "processing_theworld.py: differs" in proc.stdout  # inspect saw the planted code and said so
 
@@ -373,12 +377,33 @@ def test_nothing_from_the_checkpoint_runs_without_trust_remote_code(files, tmp_p
 # ----------------------------------------------------------------------------------------------------------------------
 # theworld push against a loopback hub
 # ----------------------------------------------------------------------------------------------------------------------
-def test_push_uploads_the_checkpoint_folder_to_a_loopback_hub(files, tmp_path):
+PUSH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from theworld.cli import main
+    folder, gemma, cosmos, data, out = sys.argv[1:6]
+    codes = {}
+    codes["push"] = main(["push", folder, "someone/cli-repo", "--private", "--path-in-repo", "checkpoint-7",
+                          "--commit-message", "from the CLI test"])
+    codes["train"] = main(["train", "--set", "output_dir=" + out, "--set", "gemma_model_name=" + gemma,
+                           "--set", "cosmos_model_name=" + cosmos, "--set", "world_image_size=64", "--set", "train_file=" + data,
+                           "--set", "max_steps=1", "--set", "per_device_batch_size=1", "--set", "progress_bar=false",
+                           "--set", "push_to_hub=true", "--set", "hub_model_id=someone/trained", "--set", "hub_private=false"])
+    print("CODES " + json.dumps(codes))
+    """
+)
+
+
+def test_push_and_train_upload_to_a_loopback_hub(files, tiny_bases, tmp_path):
+    """`theworld push` uploads a checkpoint folder (pickles skipped, foreign files kept); `theworld train` with
+    ``push_to_hub: true`` uploads exactly its ``final/`` folder. Nothing leaves the machine: a hub server on 127.0.0.1
+    (`tests/test_hub.py`'s `LoopbackHub`) and a dead proxy for everything else."""
     from test_hub import LoopbackHub
 
     folder = shutil.copytree(files["checkpoint"], tmp_path / "to_push")
     (folder / "pytorch_model.bin").write_bytes(b"never uploaded")  # pickles are skipped
     (folder / "training_log.txt").write_text("a foreign file travels along")
+    out = tmp_path / "run"
     with LoopbackHub() as server:
         env = dict(
             os.environ,
@@ -392,16 +417,25 @@ def test_push_uploads_the_checkpoint_folder_to_a_loopback_hub(files, tmp_path):
             HTTPS_PROXY="http://127.0.0.1:9",
             NO_PROXY="127.0.0.1",
         )
-        proc = theworld_cmd("push", str(folder), "someone/cli-repo", "--private", "--path-in-repo", "checkpoint-7",
-                            "--commit-message", "from the CLI test", env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith(f"Uploaded {len(os.listdir(folder)) - 1} files from {folder} to someone/cli-repo")
-    assert server.repos == {"someone/cli-repo": {"visibility": "private"}}
+        proc = subprocess.run(
+            [sys.executable, "-c", PUSH_SCRIPT, str(folder), tiny_bases.gemma, tiny_bases.cosmos, str(files["data"]),
+             str(out)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.split("CODES ", 1)[1]) == {"push": 0, "train": 0}, proc.stderr[-3000:]
+    assert f"Uploaded {len(os.listdir(folder)) - 1} files from {folder} to someone/cli-repo" in proc.stdout
+    assert server.repos == {"someone/cli-repo": {"visibility": "private"}, "someone/trained": {"visibility": "public"}}
     assert server.auth == {"Bearer hf_loopback_cli_token"}
-    (commit,) = server.commits
-    assert commit["summary"] == "from the CLI test" and commit["revision"] == "main"
+    pushed, trained = server.commits
+    assert pushed["repo"] == "someone/cli-repo" and pushed["summary"] == "from the CLI test"
+    assert pushed["revision"] == "main"
     expected = {f"checkpoint-7/{p.name}": p.read_bytes() for p in folder.iterdir() if p.name != "pytorch_model.bin"}
-    assert commit["files"] == expected
+    assert pushed["files"] == expected
+    final = out / "final"
+    assert trained["repo"] == "someone/trained"
+    assert trained["files"] == {p.name: p.read_bytes() for p in final.iterdir()} and "model.safetensors" in trained["files"]
+    assert json.loads((out / "train_summary.json").read_text())["global_step"] == 1
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -260,11 +260,6 @@ def test_nan_pixels_are_refused():
         image_to_rgb(Image.fromarray(grey, mode="F"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="modeling_theworld.TheWorldModel.encode_world checks only the shape of world_pixel_values: NaN and [0, 255] "
-    "pixels run silently (0.1.0 refused both; the README's error table still lists the messages).",
-)
 def test_world_pixel_values_nan_range_and_shape(world_model, batch_inputs):
     wpv = batch_inputs["world_pixel_values"]
     nan = wpv.clone()

@@ -131,8 +131,8 @@ class DemoOptions:
     num_workers: int = _o(0, "DataLoader workers for training batches")
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.num_train < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("--steps, --num-train, --batch-size and --eval-batch-size must be >= 1.")
+        if min(self.steps, self.num_train, self.batch_size, self.eval_batch_size, self.world_pooling) < 1:
+            raise ValueError("--steps, --num-train, --batch-size, --eval-batch-size and --world-pooling must be >= 1.")
         if self.num_test < 2:
             raise ValueError(f"--num-test must be >= 2 (the shuffle ablation needs two examples), got {self.num_test}.")
         if self.image_size < 32 or self.image_size % (8 * self.world_pooling):

@@ -70,7 +70,7 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = _Parser(prog="theworld", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="theworld", description="TheWorld: Gemma 3 with world tokens from Cosmos-Predict2.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level; show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = {}

@@ -16,23 +16,28 @@ import typing
 
 from . import echo
 
-_CHOICES = {
-    "projection_mode": ("spatial", "channel"),
-    "projection_architecture": ("mlp", "mlp_no_final_gelu", "linear"),
-    "world_placement": ("after_image", "after_bos"),
-    "world_attention": ("bidirectional", "causal"),
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from theworld.configuration_theworld import (
+        PROJECTION_ARCHITECTURES,
+        WORLD_ATTENTIONS,
+        WORLD_PLACEMENTS,
+        WORLD_PROJECTION_MODES,
+    )
     from theworld.demo import DemoOptions
 
+    choices = {
+        "projection_mode": WORLD_PROJECTION_MODES,
+        "projection_architecture": PROJECTION_ARCHITECTURES,
+        "world_placement": WORLD_PLACEMENTS,
+        "world_attention": WORLD_ATTENTIONS,
+    }
     hints = typing.get_type_hints(DemoOptions)
     for f in dataclasses.fields(DemoOptions):
         kind = next((t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name]))), str)
         default = "" if f.default is None else f" (default {f.default})"
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=_CHOICES.get(f.name),
+            "--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=choices.get(f.name),
             help=f.metadata["help"] + default,
         )
 

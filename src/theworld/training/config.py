@@ -16,16 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from theworld.configuration_theworld import (
+    PROJECTION_ARCHITECTURES,
+    ROLLOUT_MODES,
+    WORLD_ATTENTIONS,
+    WORLD_PLACEMENTS,
+    WORLD_PROJECTION_MODES,
+    WORLD_RESIZE_MODES,
+)
+
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("auto", "no", "bf16")
 DTYPES = ("float32", "bfloat16", "float16")
 PRESET_COMPONENTS = ("projector", "lm", "vision", "vae")
-WORLD_PROJECTION_MODES = ("spatial", "channel")
-PROJECTION_ARCHITECTURES = ("mlp", "mlp_no_final_gelu", "linear")
-WORLD_PLACEMENTS = ("after_image", "after_bos")
-WORLD_ATTENTIONS = ("bidirectional", "causal")
-WORLD_RESIZE_MODES = ("squash", "letterbox", "center_crop")
-ROLLOUT_MODES = ("joint", "autoregressive")
 
 #: TrainConfig fields that become `TheWorldConfig` fields of a fresh model (``None`` keeps the model's default).
 MODEL_FIELDS = (
