@@ -101,11 +101,21 @@ def _same(model, reference: dict) -> bool:
 def run(seconds: float, savers: int, root: str, seed: int = 0, bases=None) -> dict:
     """Build the references (around ``bases`` when given), run the savers and the loads; return the counts."""
     import torch
+
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(seconds, savers, root, seed, bases)
+    finally:
+        torch.set_num_threads(threads)  # the caller (a test session) keeps its own setting
+
+
+def _run(seconds: float, savers: int, root: str, seed: int, bases) -> dict:
     from transformers import AutoModel
 
     from theworld import TheWorld
 
-    torch.set_num_threads(1)
     rng = random.Random(seed)
     ref_a, ref_b, states = build_references(root, bases)
     expected = {"A": folder_bytes(ref_a), "B": folder_bytes(ref_b)}

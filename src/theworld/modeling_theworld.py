@@ -232,6 +232,8 @@ def check_world_layout(input_ids: torch.Tensor, config: TheWorldConfig, num_worl
 def check_world_pixel_range(world_pixel_values: torch.Tensor, legacy: bool) -> None:
     """Host-side check (eager mode only) that world pixels are finite and in the processor's range: [-1, 1], or
     [0, 255] for ``legacy_preprocessing``."""
+    if world_pixel_values.numel() == 0:
+        return
     if not bool(torch.isfinite(world_pixel_values).all()):
         raise ValueError("world_pixel_values contain NaN values (or Inf); make them with the model's processor.")
     lo, hi = (0.0, 255.0) if legacy else (-1.0, 1.0)
