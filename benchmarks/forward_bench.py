@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,10 +31,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-
-def _echo(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import CLOCKS  # noqa: E402
+from _timing import echo as _echo  # noqa: E402
+from _timing import interleaved as _interleaved  # noqa: E402
 
 
 def _images(batch: int) -> list[Image.Image]:
@@ -56,23 +55,12 @@ def _conversations(images: list[Image.Image], prompt_words: int) -> list[list[di
     ]
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
 
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each variant; calls alternate between the variants (order flipped every repeat)."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        for name in names if i % 2 == 0 else reversed(names):
-            start = _clock()
-            variants[name]()
-            times[name].append(_clock() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """`_timing.interleaved` with the clock ``--clock`` chose."""
+    return _interleaved(variants, repeats, warmup, clock=_clock)
 
 
 def _row(label: str, ours: float, base: float, target: float, extra: str = "") -> str:

@@ -17,37 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-REAL_VAE_CONFIG = "/work/shared/real-configs/cosmos-predict2-2b-video2world/vae/config.json"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import echo as _echo  # noqa: E402
+from _timing import interleaved  # noqa: E402
+
+from theworld.real_configs import load_real_config  # noqa: E402
+
+COSMOS = "nvidia/Cosmos-Predict2-2B-Video2World"
 TARGET_RATIO = 0.5
 
 
-def _echo(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each variant; calls alternate between the variants (order flipped every repeat)."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        for name in names if i % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and the image")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights and compute dtype")
     parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--vae-config", default=REAL_VAE_CONFIG, help="diffusers AutoencoderKLWan config.json")
+    parser.add_argument(
+        "--vae-config",
+        default=None,
+        help=f"diffusers AutoencoderKLWan config.json (default: the published {COSMOS} vae/config.json shipped in "
+        "theworld.real_configs)",
+    )
     args = parser.parse_args(argv)
 
     from diffusers import AutoencoderKLWan
@@ -72,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    with open(args.vae_config) as f:
-        vae_config = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    if args.vae_config is None:
+        raw = load_real_config(COSMOS, "config.json", subfolder="vae")
+    else:
+        with open(args.vae_config) as f:
+            raw = json.load(f)
+    vae_config = {k: v for k, v in raw.items() if not k.startswith("_")}
 
     torch.manual_seed(args.seed)
     vae = AutoencoderKLWan(**vae_config).eval()

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import conversations
 from PIL import Image
+from transformers import AutoModel
 
+from theworld import TheWorld
 from theworld.processing_theworld import image_to_rgb
 
 
@@ -246,9 +248,10 @@ def test_images_under_16_px(size, world_model):
 
 
 def test_nan_pixels_are_refused():
-    tensor = torch.rand(3, 20, 20)
+    tensor = torch.rand(3, 20, 24)
     tensor[1, 2, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"Float image values must be finite .* the tensor of shape \(.*\) holds NaN"):
+    # the shape as passed (channel-first), not after the move to channel-last
+    with pytest.raises(ValueError, match=r"Float image values must be finite .* tensor of shape \(3, 20, 24\) holds NaN"):
         image_to_rgb(tensor)
     array = np.random.rand(20, 20, 3)
     array[0, 0, 0] = np.nan
@@ -282,3 +285,22 @@ def test_world_disabled_model_has_no_encoder(world_model_factory):
 def test_from_pretrained_unknown_argument(world_model_factory):
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'world_sise'"):
         world_model_factory(world_sise=64)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("world_image_sise", "world_image_size"),
+        ("freeze_gemma_langauge", "freeze_gemma_language"),
+        ("allow_nonfinite_weights", "allow_non_finite_weights"),
+    ],
+)
+def test_misspelt_load_argument_names_the_closest(world_model, tmp_path_factory, typo, meant):
+    folder = tmp_path_factory.getbasetemp() / "misspelt_load_argument"
+    if not folder.exists():
+        world_model.save_pretrained(folder)
+    message = rf"unexpected keyword argument '{typo}'; did you mean '{meant}'\?"
+    with pytest.raises(TypeError, match=message):
+        TheWorld.from_pretrained(folder, **{typo: True})
+    with pytest.raises(TypeError, match=message):
+        AutoModel.from_pretrained(folder, **{typo: True})

@@ -203,6 +203,8 @@ def test_non_finite_weights_saved_with_save_pretrained_are_refused(trained, tmp_
     with caplog.at_level(logging.WARNING, logger="theworld.checkpoint_theworld"):
         model = TheWorld.from_pretrained(str(tmp_path / "bad"), allow_non_finite_weights=True)
     assert "non-finite" in caplog.text
+    assert f"The checkpoint {tmp_path / 'bad'} holds non-finite" in caplog.text  # the folder, not a pinned fd path
+    assert "/proc/self/fd" not in caplog.text
     loaded = model.get_parameter(key)[0, 1]
     assert torch.isnan(loaded) if value != value else torch.isinf(loaded)
 

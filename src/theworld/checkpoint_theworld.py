@@ -38,6 +38,18 @@ Loading
 * A local folder is read through one open handle of its directory, so a concurrent save that publishes another
   checkpoint under the same name cannot mix two checkpoints into one load (the load notices and reads again).
 
+PEFT adapters
+-------------
+A model with a PEFT adapter (``peft.inject_adapter_in_model(LoraConfig(...), model)``, or transformers'
+``model.add_adapter``) saves it inside the checkpoint: ``theworld_adapter_config.json`` (the adapter's name and PEFT
+config) and the adapter tensors (``...q_proj.lora_A.default.weight`` ...) in ``model.safetensors`` next to the other
+trained tensors, under their ``model.state_dict()`` names. Loading builds the model as usual (the wrapped base layers
+under their plain names), injects the adapter from that config and loads its tensors strictly, with the same dtype and
+finiteness checks as every checkpoint tensor. ``peft`` is imported only for a checkpoint that holds an adapter (an
+`ImportError` says how to install it otherwise). The file is not PEFT's ``adapter_config.json``: transformers' Auto
+classes and ``pipeline()`` take a hub repo holding that file for a bare adapter and load the base model its config
+names instead of the repo. `merge_adapters` folds an adapter into the weights it adapts.
+
 Saving
 ------
 A checkpoint is written into a locked staging folder next to the target and published with one atomic directory
@@ -52,6 +64,8 @@ from __future__ import annotations
 import copy
 import ctypes
 import ctypes.util
+import difflib
+import enum
 import errno
 import hashlib
 import json
@@ -115,6 +129,7 @@ OWNED_FILES = (
     "model.safetensors.index.json",
     "adapter_config.json",
     "adapter_model.safetensors",
+    "theworld_adapter_config.json",
     "processor_config.json",
     "preprocessor_config.json",
     "tokenizer.json",
@@ -147,6 +162,13 @@ PUSH_KWARGS = ("repo_id", "token", "private", "commit_message", "commit_descript
 IGNORED_SAVE_KWARGS = ("save_function", "save_peft_format", "save_original_format")
 #: How often a load of a local folder is retried when a concurrent save replaced the folder while it was read.
 LOAD_ATTEMPTS = 8
+
+#: A checkpoint's PEFT adapter: ``{"format": 1, "adapter_name": ..., "peft_config": PeftConfig.to_dict()}``.
+ADAPTER_FILE = "theworld_adapter_config.json"
+ADAPTER_FORMAT_VERSION = 1
+PEFT_INSTALL_HINT = "pip install peft (or pip install 'theworld[peft]')"
+#: Model attribute listing the modules `merge_adapters` merged an adapter into (a partial save must hold them).
+MERGED_ADAPTER_ATTR = "_theworld_merged_adapter_modules"
 
 #: Called after the files of a checkpoint are staged, before it is published: ``hook(model, folder, kind, state)``.
 #: The theworld package registers its model-card writer here (the card lives outside the remote-code files).
@@ -572,15 +594,19 @@ def _load_once(cls, source: str, kwargs: dict, shown: str | None = None):
     if model_type == "gemma3":
         return _load_fresh(cls, source, raw, config_path, kwargs, name=shown or source)
     if model_type == "the_world":
-        return _load_partial(cls, source, raw, kwargs, earlier_format="research")
+        return _load_partial(cls, source, raw, kwargs, earlier_format="research", shown=shown)
     if model_type == "theworld":
         stored = TheWorldConfig.from_dict(copy.deepcopy(raw))
         earlier = "0.1.0" if int(raw.get("checkpoint_format_version", 1)) < 2 else None
-        if stored.checkpoint_kind == "full" and earlier is None:
-            return _load_full(cls, source, kwargs, stored=stored)
-        # CODEPATH: 0.1.0 full checkpoints hold every weight under 0.1.0's names: renamed like a partial, no bases.
+        adapter = read_adapter_file(source, subfolder, hub, shown or source) if earlier is None else None
+        if stored.checkpoint_kind == "full" and earlier is None and adapter is None:
+            return _load_full(cls, source, kwargs, stored=stored, shown=shown)
+        # CODEPATH: full checkpoints with a PEFT adapter, and 0.1.0 full checkpoints (every weight under 0.1.0's
+        # names), load like a partial checkpoint without bases (their adapter tensors / names need handling).
         bases = stored.checkpoint_kind != "full"
-        return _load_partial(cls, source, raw, kwargs, earlier_format=earlier, bases=bases, stored=stored)
+        return _load_partial(
+            cls, source, raw, kwargs, earlier_format=earlier, bases=bases, stored=stored, adapter=adapter, shown=shown
+        )
     raise ValueError(
         f"{shown or source} has model_type {model_type!r}; TheWorld loads Gemma 3 models ('gemma3') and TheWorld "
         "checkpoints ('theworld', or 'the_world' from the earlier research code)."
@@ -604,6 +630,16 @@ def _split_kwargs(kwargs: dict) -> tuple[dict, dict, dict]:
     fields = set(_config_fields())
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in THEWORLD_LOAD_KWARGS}
+    # CODEPATH: a misspelt TheWorld field or option would reach the model's __init__ as an anonymous TypeError.
+    known = sorted(fields | set(THEWORLD_LOAD_KWARGS))
+    for key in kwargs:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            raise TypeError(
+                f"TheWorld.from_pretrained() got an unexpected keyword argument {key!r}; did you mean {close[0]!r}? "
+                "Fix the spelling (TheWorld's config fields and loading options are listed in TheWorldConfig's "
+                "docstring and THEWORLD_LOAD_KWARGS)."
+            )
     return overrides, options, kwargs
 
 
@@ -851,6 +887,7 @@ class _Sources:
         self.files: list[SafetensorsFile] = []
         self.state: dict[str, Any] = {}
         self.origin: dict[str, str] = {}
+        self.adapter_state: dict[str, Any] = {}
         self.fingerprints: dict[str, dict[str, str]] = {"gemma": {}, "cosmos": {}}
 
     def param_dtype(self, key: str) -> torch.dtype:
@@ -905,10 +942,21 @@ class _Sources:
                     self.origin[name] = "cosmos"
 
     def add_checkpoint(
-        self, source: str, subfolder: str, hub: dict, earlier: bool, allow_non_finite: bool, where: str
+        self,
+        source: str,
+        subfolder: str,
+        hub: dict,
+        earlier: bool,
+        allow_non_finite: bool,
+        where: str,
+        adapter_prefix: str | None = None,
     ) -> tuple[list[str], dict]:
         """The checkpoint's tensors, last (they override the bases), after checking their dtypes, their recorded
-        sha256 and that they are finite. Returns their (today's) keys and the header metadata."""
+        sha256 and that they are finite. Returns their (today's) keys and the header metadata.
+
+        With ``adapter_prefix`` (the checkpoint holds a PEFT adapter, e.g. ``"lora_"``), the adapter's tensors go to
+        ``self.adapter_state`` (loaded after the adapter is injected) and the base layers PEFT wrapped
+        (``...q_proj.base_layer.weight``) load under their plain names (``...q_proj.weight``)."""
         keys, metadata, bad = [], {}, []
         for path in weight_files(source, "model", subfolder, **hub):
             f = self.open(path)
@@ -934,6 +982,11 @@ class _Sources:
                     "it (delete it from the hub cache) or save the checkpoint again."
                 )
             for key, name in names.items():
+                if adapter_prefix is not None and is_adapter_key(name, adapter_prefix):
+                    self.adapter_state[name] = f.lazy(key)
+                    continue
+                if adapter_prefix is not None:
+                    name = unwrapped_key(name)
                 self.state[name] = f.lazy(key)
                 self.origin[name] = "checkpoint"
                 keys.append(name)
@@ -978,6 +1031,15 @@ def _check_fingerprints(recorded: dict, current: dict, ignore: bool) -> None:
         raise ValueError(message)
 
 
+def _key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """The parts of a strict-load error: the first ten unexpected, missing and mis-shaped keys."""
+    problems = []
+    for label, keys in (("unexpected keys", unexpected), ("missing keys", missing), ("shape mismatches", mismatched)):
+        if keys:
+            problems.append(f"{label} {keys[:10]}{' ...' if len(keys) > 10 else ''}")
+    return problems
+
+
 def _strict_report(info: dict, allowed_missing: Iterable[str], what: str) -> None:
     allowed = tuple(allowed_missing)
     missing = sorted(k for k in info.get("missing_keys", []) if not k.startswith(allowed))
@@ -990,13 +1052,7 @@ def _strict_report(info: dict, allowed_missing: Iterable[str], what: str) -> Non
         else:
             mismatched.append(str(item))
     errors = [str(e) for e in info.get("error_msgs", [])]
-    problems = []
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-    if missing:
-        problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    if mismatched:
-        problems.append(f"shape mismatches {mismatched[:10]}")
+    problems = _key_problems(missing, unexpected, mismatched)
     if errors:
         problems.append(f"errors {errors[:3]}")
     if problems:
@@ -1044,8 +1100,9 @@ def _transformers_from_pretrained(cls, source, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------------------------- full
-def _load_full(cls, source: str | None, kwargs: dict, stored: TheWorldConfig | None = None):
-    """A full checkpoint (every weight), or ``from_pretrained(None, config=..., state_dict=...)``."""
+def _load_full(cls, source: str | None, kwargs: dict, stored: TheWorldConfig | None = None, shown: str | None = None):
+    """A full checkpoint (every weight), or ``from_pretrained(None, config=..., state_dict=...)``. ``shown``: the
+    folder name for messages when ``source`` is a pinned local folder."""
     overrides, options, rest = _split_kwargs(dict(kwargs))
     given = rest.pop("config", None)
     want_info = rest.pop("output_loading_info", False)
@@ -1070,14 +1127,14 @@ def _load_full(cls, source: str | None, kwargs: dict, stored: TheWorldConfig | N
                 )
         what = "The state_dict"
     else:
-        config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides, source)
+        config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides, shown or source)
         hub = hub_kwargs_from(rest)
         dtype = _target_dtype(rest.get("dtype", rest.get("torch_dtype")), config)
         for path in weight_files(source, "model", rest.get("subfolder") or "", **hub):
             check_float_tensors(
                 SafetensorsFile(path), lambda k: torch.float32 if k.startswith(fp32_prefixes(config)) else dtype
             )
-        what = f"The full checkpoint {source}"
+        what = f"The full checkpoint {shown or source}"
     model, info = _transformers_from_pretrained(cls, source, config=config, **rest)
     _strict_report(info, (), what)
     check_finite(model, None, allow, what)
@@ -1171,10 +1228,16 @@ def _load_partial(
     earlier_format: str | None,
     bases: bool = True,
     stored: TheWorldConfig | None = None,
+    adapter: dict | None = None,
+    shown: str | None = None,
 ):
     """A partial checkpoint: its bases at the pinned revisions plus the checkpoint's tensors, strictly. With
-    ``bases=False`` (a 0.1.0 full checkpoint) the checkpoint alone must hold every weight. ``stored``: the config of
-    ``raw``, when already parsed."""
+    ``bases=False`` (a 0.1.0 full checkpoint, or a full checkpoint with an adapter) the checkpoint alone must hold
+    every weight. ``stored``: the config of ``raw``, when already parsed. ``adapter``: the checkpoint's adapter file
+    (`read_adapter_file`), injected after the model is built. ``shown``: the folder name to use in messages
+    when ``source`` is a pinned local folder (``/proc/self/fd/N``)."""
+    label = f"The checkpoint {shown or source}"
+    peft_config = adapter_peft_config(adapter, shown or source) if adapter is not None else None
     overrides, options, rest = _split_kwargs(dict(kwargs))
     given = rest.pop("config", None)
     hub = hub_kwargs_from(rest)
@@ -1186,7 +1249,7 @@ def _load_partial(
             stored.world_image_size = overrides.pop("world_image_size")
     elif stored is None:
         stored = TheWorldConfig.from_dict(copy.deepcopy(raw))
-    config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides, source)
+    config = _apply_overrides(stored, given if isinstance(given, TheWorldConfig) else None, overrides, shown or source)
     processor = None
     # CODEPATH: research-format checkpoints recorded neither their encoder geometry (read from their Cosmos source)
     # nor processor files or world token ids (the Gemma base's processor gives them, as at a fresh build).
@@ -1205,7 +1268,10 @@ def _load_partial(
         if config.enable_world:
             sources.add_cosmos(hub)
     allow = options.get("allow_non_finite_weights", False)
-    sources.add_checkpoint(source, subfolder, hub, earlier_format is not None, allow, f"The checkpoint {source}")
+    prefix = adapter_key_prefix(peft_config) if peft_config is not None else None
+    sources.add_checkpoint(
+        source, subfolder, hub, earlier_format is not None, allow, label, adapter_prefix=prefix
+    )
     if earlier_format is None:
         ignore = options.get("ignore_fingerprint_mismatch", False)
         _check_fingerprints(stored.base_fingerprints, sources.fingerprints, ignore)
@@ -1235,11 +1301,14 @@ def _load_partial(
     # The research code never saved its boundary embeddings (they lived in the frozen vocabulary matrix).
     allowed_missing = ("model.world_boundary_embeddings.",) if earlier_format == "research" else ()
     model, info = _load_sources(
-        cls, config, sources, rest, allowed_missing=allowed_missing, what=f"The checkpoint {source}", expect=must_hold
+        cls, config, sources, rest, allowed_missing=allowed_missing, what=label, expect=must_hold
     )
     # CODEPATH: research-format checkpoints start the unsaved boundary embeddings at Gemma's image markers.
     if earlier_format == "research" and config.enable_world:
         _init_boundaries_from_gemma(model)
+    # CODEPATH: checkpoints saved with a PEFT adapter (LoRA ...) get it back, injected and loaded strictly.
+    if adapter is not None:
+        attach_adapter(model, adapter["adapter_name"], peft_config, sources.adapter_state, label)
     model.config.checkpoint_kind = "partial" if bases else "full"
     model.processor = processor or _checkpoint_processor(source, subfolder, model.config, hub_kwargs_from(rest))
     model.generation_config = _generation_config(source, subfolder, hub_kwargs_from(rest), model.config)
@@ -1331,10 +1400,13 @@ def _finish(model) -> None:
 
 
 def apply_freeze_flags(model) -> None:
-    """``requires_grad`` exactly as the config's freeze flags say (the world projector and embeddings always train)."""
+    """``requires_grad`` exactly as the config's freeze flags say (the world projector and embeddings always train),
+    plus the tensors of a PEFT adapter: after ``peft.inject_adapter_in_model`` (which freezes everything but the
+    adapter) this makes the world projector train again while the adapted base layers stay frozen."""
     prefixes = tuple(p for p in model.config.trainable_prefixes() if not p.startswith("model.world_rollout."))
+    adapter = set(adapter_tensors(model))
     for name, param in model.named_parameters(remove_duplicate=False):
-        param.requires_grad_(name.startswith(prefixes))
+        param.requires_grad_(name.startswith(prefixes) or name in adapter)
     # CODEPATH: checkpoints trained with an unfrozen language model also train the (tied) lm_head.
     if not model.config.freeze_gemma_language:
         model.lm_head.weight.requires_grad_(True)
@@ -1342,13 +1414,221 @@ def apply_freeze_flags(model) -> None:
 
 def trainable_state_dict(model, state: dict | None = None) -> dict[str, torch.Tensor]:
     """What a partial checkpoint holds: everything training may change (and the fixed rollout prompts), tied copies
-    dropped, plus any PEFT adapter weights. ``state`` (e.g. what ``Trainer`` passes) replaces ``model.state_dict()``."""
+    dropped, plus the tensors of a PEFT adapter, all under their ``model.state_dict()`` names (`apply_freeze_flags`
+    trains exactly these parameters). ``state`` (e.g. what ``Trainer`` passes) replaces ``model.state_dict()``."""
     prefixes = tuple(model.config.trainable_prefixes())
+    adapter = set(adapter_tensors(model))
     state = model.state_dict() if state is None else state
-    out = {k: v for k, v in state.items() if k.startswith(prefixes) or "lora_" in k}
+    out = {k: v for k, v in state.items() if k.startswith(prefixes) or k in adapter}
     for target in getattr(model, "all_tied_weights_keys", {}) or {}:
         out.pop(target, None)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------- adapters
+def is_adapter_layer(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a PEFT tuner layer (a LoRA ``Linear`` ...), recognised without importing peft: it names
+    its adapter sub-modules (``adapter_layer_names``) and wraps the layer it adapts (``base_layer``)."""
+    names = getattr(type(module), "adapter_layer_names", None)
+    return isinstance(names, tuple) and isinstance(getattr(module, "base_layer", None), torch.nn.Module)
+
+
+def adapter_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """``{module name: tuner layer}`` of every PEFT tuner layer in ``model`` (empty without an adapter)."""
+    return {name: module for name, module in model.named_modules() if name and is_adapter_layer(module)}
+
+
+def adapter_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{state-dict name: tensor}`` of a PEFT adapter's own tensors (``...q_proj.lora_A.default.weight`` ...):
+    everything a tuner layer holds except the base layer it wraps. Empty without an adapter."""
+    out = {}
+    for prefix, layer in adapter_layers(model).items():
+        for key, tensor in layer.state_dict(keep_vars=True).items():
+            if not key.startswith("base_layer."):
+                out[f"{prefix}.{key}"] = tensor
+    return out
+
+
+def has_adapter(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds a PEFT adapter."""
+    return bool(getattr(model, "peft_config", None)) or bool(adapter_layers(model))
+
+
+def is_adapter_key(name: str, prefix: str) -> bool:
+    """Whether a checkpoint key names an adapter tensor (a path segment starts with the tuner's prefix, e.g.
+    ``lora_`` in ``...q_proj.lora_A.default.weight``), as PEFT itself tells adapter keys apart."""
+    return any(part.startswith(prefix) for part in name.split("."))
+
+
+def unwrapped_key(name: str) -> str:
+    """The name of a tensor of a layer PEFT wrapped, before wrapping: ``...q_proj.base_layer.weight`` ->
+    ``...q_proj.weight``."""
+    while ".base_layer." in name:
+        name = name.replace(".base_layer.", ".", 1)
+    return name
+
+
+def _jsonable(value: Any) -> Any:
+    """A PEFT config value as json: sets as sorted lists, enums as their values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value  # e.g. PeftType.LORA
+    return value
+
+
+def adapter_file_content(model) -> dict | None:
+    """The `ADAPTER_FILE` of ``model``'s PEFT adapter, ``None`` without one.
+
+    Raises:
+        ValueError: the model holds several adapters, or PEFT auxiliary modules (``modules_to_save``,
+            ``trainable_token_indices``) that a TheWorld checkpoint does not store.
+    """
+    layers = adapter_layers(model)
+    configs = dict(getattr(model, "peft_config", None) or {})
+    if not layers and not configs:
+        return None
+    auxiliary = sorted(
+        name
+        for name, module in model.named_modules()
+        if any(c.__name__ == "AuxiliaryTrainingWrapper" for c in type(module).__mro__)
+    )
+    if auxiliary:
+        raise ValueError(
+            f"The model holds PEFT auxiliary modules ({auxiliary[:5]}: modules_to_save or trainable_token_indices), "
+            "which a TheWorld checkpoint does not store. The world projector always trains without them; to train "
+            "parts of Gemma as well, set the freeze flags (e.g. freeze_gemma_vision=False) instead."
+        )
+    if len(configs) != 1 or not layers:
+        raise ValueError(
+            f"A TheWorld checkpoint holds exactly one PEFT adapter with its tuner layers; the model has "
+            f"{len(configs)} adapter config(s) {sorted(configs)} and {len(layers)} tuner layer(s). Merge the adapters "
+            "(theworld.checkpoint_theworld.merge_adapters) or delete the others (peft's delete_adapter) before "
+            "saving."
+        )
+    ((name, config),) = configs.items()
+    return {"format": ADAPTER_FORMAT_VERSION, "adapter_name": name, "peft_config": _jsonable(config.to_dict())}
+
+
+def read_adapter_file(source: str, subfolder: str, hub: dict, where: str) -> dict | None:
+    """The checkpoint's `ADAPTER_FILE`, validated; ``None`` when it has no adapter."""
+    path = resolve_file(source, ADAPTER_FILE, subfolder, **hub)
+    if path is None:
+        return None
+    try:
+        data = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where}: {ADAPTER_FILE} is not valid json ({err}); the checkpoint is damaged.") from err
+    valid = (
+        isinstance(data, dict)
+        and data.get("format") == ADAPTER_FORMAT_VERSION
+        and isinstance(data.get("adapter_name"), str)
+        and bool(data["adapter_name"])
+        and isinstance(data.get("peft_config"), dict)
+        and isinstance(data["peft_config"].get("peft_type"), str)
+    )
+    if not valid:
+        raise ValueError(
+            f"{where}: {ADAPTER_FILE} must hold {{'format': {ADAPTER_FORMAT_VERSION}, 'adapter_name': str, "
+            "'peft_config': {'peft_type': ..., ...}} as TheWorld saves it; the file is damaged or was written by "
+            "another program."
+        )
+    return data
+
+
+def import_peft(where: str):
+    """``import peft``, or an `ImportError` saying how to install it."""
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError(
+            f"{where} holds a PEFT adapter ({ADAPTER_FILE}); loading it needs the peft library: {PEFT_INSTALL_HINT}. "
+            "Alternatively load a copy with the adapter merged (theworld export SOURCE DEST --merge-lora)."
+        ) from err
+    return peft
+
+
+def adapter_peft_config(adapter: dict, where: str):
+    """The ``peft.PeftConfig`` of a checkpoint's adapter file (imports peft)."""
+    peft = import_peft(where)
+    try:
+        return peft.PeftConfig.from_peft_type(**copy.deepcopy(adapter["peft_config"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: peft {peft.__version__} cannot read the adapter config in {ADAPTER_FILE} ({err!r}); it was "
+            "written by another peft version. Upgrade peft (pip install -U peft)."
+        ) from err
+
+
+def adapter_key_prefix(peft_config) -> str:
+    """The key prefix of the adapter type's tensors (``"lora_"`` for LoRA)."""
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_config.peft_type)
+    if not prefix:
+        raise ValueError(
+            f"Adapters of type {peft_config.peft_type} cannot be injected into a model with "
+            "peft.inject_adapter_in_model; TheWorld checkpoints hold LoRA-style adapters."
+        )
+    return prefix
+
+
+def attach_adapter(model, name: str, peft_config, tensors: dict[str, Any], what: str) -> None:
+    """Inject the adapter ``name`` described by ``peft_config`` into ``model`` and load its tensors strictly: a
+    missing, unexpected or mis-shaped adapter tensor is an error naming it."""
+    peft = import_peft(what)
+    try:
+        peft.inject_adapter_in_model(peft_config, model, adapter_name=name)
+    except ValueError as err:
+        raise ValueError(
+            f"{what}: its adapter ({ADAPTER_FILE}) does not fit the model ({err}); the adapter file belongs to "
+            "another model or is damaged."
+        ) from err
+    expected = adapter_tensors(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = []
+    for key in sorted(set(expected) & set(tensors)):
+        stored = tuple(tensors[key].shape) if isinstance(tensors[key], torch.Tensor) else tuple(tensors[key].get_shape())
+        if stored != tuple(expected[key].shape):
+            mismatched.append(f"{key}: checkpoint {stored} vs model {tuple(expected[key].shape)}")
+    problems = _key_problems(missing, unexpected, mismatched)
+    if problems:
+        raise ValueError(
+            f"{what}: its adapter tensors do not match the adapter {name!r} that its {ADAPTER_FILE} describes: "
+            f"{'; '.join(problems)}. The adapter file and the weights belong to different adapters or are damaged; "
+            "nothing was loaded."
+        )
+    with torch.no_grad():
+        for key, target in expected.items():
+            value = tensors[key] if isinstance(tensors[key], torch.Tensor) else tensors[key][:]
+            target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+
+def merge_adapters(model) -> list[str]:
+    """Fold the model's PEFT adapter into the weights it adapts (PEFT's own ``merge``, refusing non-finite results)
+    and remove the tuner layers: the model then computes the same outputs (up to float rounding) without peft.
+    Returns the names of the merged modules. A merged model whose language model changed saves only as a full
+    checkpoint (``save_pretrained(..., save_full_model=True)``)."""
+    layers = adapter_layers(model)
+    if not layers:
+        raise ValueError("The model holds no PEFT adapter to merge.")
+    for name in sorted(layers, key=lambda n: n.count("."), reverse=True):  # innermost first
+        layer = layers[name]
+        layer.merge(safe_merge=True)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    if getattr(model, "_hf_peft_config_loaded", False):
+        model._hf_peft_config_loaded = False
+    setattr(model, MERGED_ADAPTER_ATTR, sorted(set(getattr(model, MERGED_ADAPTER_ATTR, ())) | set(layers)))
+    apply_freeze_flags(model)
+    return sorted(layers)
 
 
 def _processor_settings(config: TheWorldConfig) -> dict:
@@ -1439,8 +1719,9 @@ def save_checkpoint(
     Args:
         save_directory: the checkpoint folder (created, or replaced as a whole; files a checkpoint does not own, such
             as a trainer's state, are carried over).
-        save_full_model: ``False``: only what training could change; ``True``: every weight (transformers' format,
-            sharded above ``max_shard_size``).
+        save_full_model: ``False``: only what training could change (a PEFT adapter included: its tensors in
+            ``model.safetensors``, its config in ``theworld_adapter_config.json``); ``True``: every weight
+            (transformers' format, sharded above ``max_shard_size``; an adapter stays unmerged, see `merge_adapters`).
         state_dict: replaces ``model.state_dict()`` as the source of the tensors (what ``Trainer``/accelerate pass);
             keys as in ``model.state_dict()``.
         is_main_process: only the main process writes (distributed training).
@@ -1469,11 +1750,16 @@ def save_checkpoint(
     parent, name = os.path.split(save_directory)
     os.makedirs(parent, exist_ok=True)
     kind = "full" if save_full_model else "partial"
+    adapter = adapter_file_content(model)
     _remove_stale_staging(parent, name)
     staging, lock = _new_staging(parent, name)
     try:
         state = write_weights(model, staging, kind, max_shard_size, state_dict)
         write_metadata_files(model, staging, kind)
+        # CODEPATH: models with a PEFT adapter also save its config (the adapter tensors are in the weights).
+        if adapter is not None:
+            with open(os.path.join(staging, ADAPTER_FILE), "w", encoding="utf-8") as f:
+                f.write(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
         for hook in list(SAVE_HOOKS):
             hook(model, staging, kind, state)
         _carry_foreign_files(save_directory, staging)
@@ -1525,13 +1811,29 @@ def write_weights(model, folder: str, kind: str, max_shard_size, state_dict: dic
         if state_dict is not None:  # tied copies are stored once, whether or not the given tensors share memory
             tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
             state_dict = {k: v for k, v in state_dict.items() if k not in tied}
-        PreTrainedModel.save_pretrained(
-            model, folder, max_shard_size=max_shard_size, state_dict=state_dict, is_main_process=True
-        )
+        # transformers saves only the adapter of a model given one with `add_adapter`; a full checkpoint holds all.
+        peft_flag = getattr(model, "_hf_peft_config_loaded", False)
+        if peft_flag:
+            model._hf_peft_config_loaded = False
+        try:
+            PreTrainedModel.save_pretrained(
+                model, folder, max_shard_size=max_shard_size, state_dict=state_dict, is_main_process=True
+            )
+        finally:
+            if peft_flag:
+                model._hf_peft_config_loaded = True
         for stray in ("config.json", "generation_config.json"):  # written again below, with TheWorld's additions
             if os.path.exists(os.path.join(folder, stray)):
                 os.remove(os.path.join(folder, stray))
         return {}
+    prefixes = tuple(model.config.trainable_prefixes())
+    merged = [m for m in getattr(model, MERGED_ADAPTER_ATTR, ()) if not (m + ".").startswith(prefixes)]
+    if merged:
+        raise ValueError(
+            f"An adapter was merged into {merged[:5]}{' ...' if len(merged) > 5 else ''}, which a partial checkpoint "
+            "does not hold (its freeze flags keep them at the base weights). Save a full checkpoint: "
+            "save_pretrained(folder, save_full_model=True)."
+        )
     state = trainable_state_dict(model, state_dict)
     if state_dict is not None:
         missing = sorted(set(trainable_state_dict(model)) - set(state))
@@ -1631,10 +1933,28 @@ def checkpoint_summary(model, kind: str) -> dict:
             "freeze_cosmos_vae": cfg.freeze_cosmos_vae,
         },
         "checkpoint_kind": kind,
+        "adapter": _adapter_summary(model),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
         "theworld_version": cfg.theworld_version,
+    }
+
+
+def _adapter_summary(model) -> dict | None:
+    """The adapter entry of ``checkpoint_config.json``: name, type, rank, targets and size; ``None`` without one."""
+    content = adapter_file_content(model)
+    if content is None:
+        return None
+    config = content["peft_config"]
+    return {
+        "file": ADAPTER_FILE,
+        "adapter_name": content["adapter_name"],
+        "peft_type": config.get("peft_type"),
+        "r": config.get("r"),
+        "target_modules": config.get("target_modules"),
+        "adapted_modules": len(adapter_layers(model)),
+        "parameters": sum(t.numel() for t in adapter_tensors(model).values()),
     }
 
 
@@ -1813,8 +2133,12 @@ def publish_folder(staging: str, target: str) -> str | None:
 
 __all__ = [
     "SafetensorsFile",
+    "adapter_layers",
+    "adapter_tensors",
     "apply_freeze_flags",
+    "has_adapter",
     "load_pretrained",
+    "merge_adapters",
     "push_checkpoint",
     "recover_interrupted_save",
     "save_checkpoint",

@@ -6,8 +6,8 @@ Steps (everything local, nothing downloaded):
 2. generate the synthetic spatial data set; by default the simplest honest slice: one relation ("left of") and fixed
    objects (a red circle and a blue square), every caption the same text, so the label depends only on the image;
 3. train TheWorld (``freeze_preset`` projector: only the world projector and boundary embeddings learn) and a
-   Gemma-only baseline (``enable_world: false``, language model trained, SigLIP frozen) with the same steps, batch and
-   learning rate, through :mod:`theworld.training`;
+   Gemma-only baseline (``enable_world: false``, language model trained, SigLIP frozen) with the same steps and batch
+   (its own learning rate, ``--baseline-lr``), through :mod:`theworld.training`;
 4. score both on the test split, plus TheWorld with its world features zeroed and with another example's world
    features (a derangement);
 5. reload the saved partial checkpoint with ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` in a

@@ -1,13 +1,17 @@
-"""``theworld push``: upload a saved TheWorld checkpoint folder to the Hugging Face Hub.
+"""The hub side of TheWorld checkpoints that is not shipped as remote code: the model card and folder uploads.
+
+* `model_card` / `write_model_card`: the ``README.md`` written into every checkpoint (registered by
+  ``import theworld`` as a `theworld.checkpoint_theworld.SAVE_HOOKS` entry, so the card stays out of the
+  remote-code files; a checkpoint saved by remote code alone has no card).
+* `check_checkpoint_folder` / `push_folder` / `upload_checkpoint_folder`: validate a saved folder (a TheWorld
+  ``config.json``, readable safetensors weights, no pickle files) and upload it as one commit with huggingface_hub's
+  ``HfApi.upload_folder``. ``theworld push`` (`theworld.cli.push`) and ``TheWorld.push_to_hub`` use them.
 
 Example::
 
     theworld push ./checkpoints/run1 user/theworld-vsr --private
-    theworld push ./checkpoints/run1/checkpoint-2 user/theworld-vsr --path-in-repo checkpoint-2
 
-The folder is checked first (a TheWorld ``config.json``, readable safetensors weights, no pickle files), then uploaded
-as one commit with huggingface_hub's ``HfApi.upload_folder``, exactly as ``TheWorld.push_to_hub`` does. Log in with
-``hf auth login`` or pass ``--token`` / set ``HF_TOKEN``.
+Log in with ``hf auth login`` or pass ``--token`` / set ``HF_TOKEN``.
 """
 
 from __future__ import annotations

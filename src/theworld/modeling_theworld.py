@@ -713,8 +713,9 @@ class TheWorldModel(TheWorldPreTrainedModel):
 class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     _tp_plan = {"lm_head": "colwise_gather_output"}
-    # we are filtering the logits/labels so we shouldn't divide the loss based on num_items_in_batch
-    accepts_loss_kwargs = False
+    # CODEPATH: like Gemma 3, the loss takes Trainer's `num_items_in_batch` (the supervised tokens of the whole
+    # accumulated batch), so k accumulated micro-batches give the gradient of one k-times batch.
+    accepts_loss_kwargs = True
 
     def __init__(self, config: TheWorldConfig):
         super().__init__(config)
@@ -804,7 +805,10 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
         # CODEPATH: world checkpoints never supervise the world block itself.
         if labels is not None and self.config.enable_world and reference is not None:
             start, world, end = self.model.world_marker_masks(input_ids, reference, token_type_ids)
-            labels = labels.masked_fill((start | world | end).to(labels.device), -100)
+            block = (start | world | end).to(labels.device)
+            if kwargs.get("num_items_in_batch") is not None and not torch.compiler.is_compiling():
+                self.warn_if_world_labels_counted(labels, block)
+            labels = labels.masked_fill(block, -100)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -836,6 +840,23 @@ class TheWorldForConditionalGeneration(TheWorldPreTrainedModel, GenerationMixin)
             image_outputs=outputs.image_outputs,
             world_hidden_states=outputs.world_hidden_states,
         )
+
+    def warn_if_world_labels_counted(self, labels: torch.Tensor, block: torch.Tensor) -> None:
+        """Warn (once per model) when ``labels`` ``(B, L)`` supervise positions of the ``(B, L)`` world-block mask
+        ``block`` while a ``num_items_in_batch`` is given: the forward drops those labels, but the caller (``Trainer``)
+        counted them, so the loss would be divided by more tokens than it sums. A host-side check."""
+        if getattr(self, "_warned_world_labels_counted", False):
+            return
+        counted = int(((labels != -100) & block).sum())
+        if counted:
+            self._warned_world_labels_counted = True
+            logger.warning(
+                "The labels supervise %d world-block positions (<start_of_world>, <world_soft_token>, "
+                "<end_of_world>), which TheWorld never trains on, but num_items_in_batch counts them: the loss is "
+                "divided by more tokens than it sums over. Set the world block's labels to -100 in the collator "
+                "(theworld.data.VSRCollator does).",
+                counted,
+            )
 
     def inputs_from_images(self, images, input_ids, attention_mask, labels, token_type_ids):
         """The earlier API: ``images=[...]`` (one per prompt) to ``world_pixel_values``, inserting a world block after

@@ -269,6 +269,7 @@ def _array_to_rgb(values, channel_first: bool, max_pixels: int | None) -> Image.
         integer, floating = dtype.kind in "ui", dtype.kind == "f"
     if not (integer or floating):
         raise ValueError(f"Unsupported image dtype {dtype} ({kind} of shape {tuple(values.shape)}). {_ACCEPTED}")
+    what = f"{kind} of shape {tuple(values.shape)}"  # as the caller passed it (before any channel move)
     height, width, channel_axis = _layout(tuple(values.shape), channel_first, kind, dtype)
     _check_image_size(width, height, max_pixels)
     if is_tensor:
@@ -278,7 +279,6 @@ def _array_to_rgb(values, channel_first: bool, max_pixels: int | None) -> Image.
         values = values.numpy()
     if channel_axis == 0:
         values = np.moveaxis(values, 0, -1)
-    what = f"{kind} of shape {tuple(values.shape)}"
     values = _float_to_uint8(values, what) if floating else _int_to_uint8(values, what)
     if values.ndim == 3 and values.shape[-1] == 1:
         values = values[..., 0]

@@ -16,12 +16,14 @@ One module per concept:
 * `theworld.training.state`: the resume files (safetensors + json, never pickle).
 * `theworld.training.plots`: the loss curve.
 * `theworld.training.model`: the model a config describes (fresh around Gemma 3, or ``init_from`` a checkpoint),
-  trainable parameters in float32.
+  with its LoRA adapter (``lora:``, `add_lora`), trainable parameters in float32.
 * `theworld.training.loop`: `Trainer` / `train` (cached world latents while the VAE is frozen, checkpoints
   ``output_dir/checkpoint-N/`` = a partial TheWorld checkpoint + ``training_state/``, ``final/``).
 """
 
 from .config import (
+    DEFAULT_LORA_TARGETS,
+    LORA_KEYS,
     MODEL_FIELDS,
     RESUME_FREE_FIELDS,
     TrainConfig,
@@ -34,7 +36,7 @@ from .config import (
 from .data_order import DataOrder, StepBatches, dataset_fingerprint, load_dataset
 from .loop import Trainer, train
 from .loss import accumulate_gradients, micro_batch_loss_sum, supervised_mask
-from .model import build_model, trainable_named_parameters
+from .model import add_lora, build_model, trainable_named_parameters
 from .plots import plot_loss_curve
 from .schedule import build_optimizer, build_scheduler, lr_factor
 from .state import (
@@ -48,6 +50,8 @@ from .state import (
 )
 
 __all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "LORA_KEYS",
     "MODEL_FIELDS",
     "RESUME_FREE_FIELDS",
     "STATE_DIR",
@@ -57,6 +61,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "accumulate_gradients",
+    "add_lora",
     "build_model",
     "build_optimizer",
     "build_scheduler",

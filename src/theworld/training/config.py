@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -29,6 +30,13 @@ LR_SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("auto", "no", "bf16")
 DTYPES = ("float32", "bfloat16", "float16")
 PRESET_COMPONENTS = ("projector", "lm", "vision", "vae")
+
+#: Keys of the ``lora:`` section and what each means (see `TrainConfig.lora`).
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+#: The default ``lora.target_modules``: the attention projections of Gemma's language model. A regex is matched
+#: against whole module names (``model.language_model.layers.0.self_attn.q_proj``), so SigLIP's own ``q_proj`` layers
+#: (``model.vision_tower...``) and the world encoder stay out.
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 
 #: TrainConfig fields that become `TheWorldConfig` fields of a fresh model (``None`` keeps the model's default).
 MODEL_FIELDS = (
@@ -113,6 +121,14 @@ class TrainConfig:
     )
     dtype: str = _f("float32", "Storage dtype of the frozen base weights: float32, bfloat16 or float16. Trainable "
                     "parameters are always float32.")
+    lora: dict | None = _f(
+        None,
+        "A LoRA adapter (PEFT; pip install 'theworld[peft]') on Gemma's frozen language model, trained with the world "
+        "projector: a mapping with r (rank, default 16), alpha (default 2 x r), dropout (default 0.0) and "
+        "target_modules (a regex matched against whole module names, or a list of module names; every match must "
+        f"lie in the language model; default {DEFAULT_LORA_TARGETS!r}). freeze_preset must not train lm. Checkpoints "
+        "hold the adapter; `theworld export --merge-lora` merges it.",
+    )
     # ------------------------------------------------------------------ data
     train_file: str | None = _f(None, "Training data: a VSR jsonl file (rows with image, caption, label[, relation]).")
     hub_dataset: str | None = _f(
@@ -247,12 +263,53 @@ class TrainConfig:
         if isinstance(self.cache_world_latents, str) and self.cache_world_latents != "auto":
             raise ValueError(f"cache_world_latents must be true, false or 'auto', got {self.cache_world_latents!r}.")
         preset_components(self.freeze_preset)
+        if self.lora is not None:
+            self.lora_settings()
+            if "lm" in preset_components(self.freeze_preset):
+                raise ValueError(
+                    f"lora: the adapter trains on Gemma's frozen language model, but freeze_preset "
+                    f"{self.freeze_preset!r} trains the whole language model; drop lm from freeze_preset (e.g. "
+                    "'projector') or drop the lora section."
+                )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub: true needs hub_model_id (e.g. user/theworld-vsr).")
 
     @property
     def max_grad_norm_enabled(self) -> bool:
         return bool(self.max_grad_norm)
+
+    def lora_settings(self) -> dict[str, Any] | None:
+        """The ``lora:`` section with its defaults filled in: ``{"r", "alpha", "dropout", "target_modules"}``, or
+        ``None`` without one. `ValueError` naming the key for an unknown key or a bad value."""
+        if self.lora is None:
+            return None
+        unknown = [k for k in self.lora if k not in LORA_KEYS]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), LORA_KEYS, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"lora: unknown key(s) {', '.join(hints)}; the keys are {', '.join(LORA_KEYS)}.")
+        r = self.lora.get("r", 16)
+        if not _type_ok(r, int) or r < 1:
+            raise ValueError(f"lora.r must be an int >= 1, got {r!r}.")
+        alpha = self.lora.get("alpha", 2 * r)
+        if not _type_ok(alpha, float) or not alpha > 0:
+            raise ValueError(f"lora.alpha must be a number > 0, got {alpha!r}.")
+        dropout = self.lora.get("dropout", 0.0)
+        if not _type_ok(dropout, float) or not 0 <= dropout < 1:
+            raise ValueError(f"lora.dropout must be a number in [0, 1), got {dropout!r}.")
+        targets = self.lora.get("target_modules", DEFAULT_LORA_TARGETS)
+        if isinstance(targets, str):
+            try:
+                re.compile(targets)
+            except re.error as e:
+                raise ValueError(f"lora.target_modules {targets!r} is not a valid regular expression ({e}).") from e
+        elif not (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
+            raise ValueError(
+                f"lora.target_modules must be a regex string or a non-empty list of module names, got {targets!r}."
+            )
+        return {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets}
 
     def model_overrides(self) -> dict[str, Any]:
         """The `TheWorldConfig` fields this config sets (`MODEL_FIELDS` that are not ``None``)."""
@@ -283,6 +340,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if hint is dict:
+        return isinstance(value, dict)
     return isinstance(value, hint)
 
 
@@ -290,7 +349,8 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    return {type(None): "null", bool: "a bool", int: "an int", float: "a number", str: "a string"}.get(hint, str(hint))
+    names = {type(None): "null", bool: "a bool", int: "an int", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(hint, str(hint))
 
 
 def config_fields() -> list[tuple[str, str, Any]]:
@@ -314,8 +374,11 @@ def preset_components(preset: str) -> set[str]:
     return set(parts)
 
 
-def preset_freeze_flags(preset: str, enable_world: bool) -> dict[str, bool]:
+def preset_freeze_flags(preset: str, enable_world: bool, adapter: bool = False) -> dict[str, bool]:
     """The `TheWorldConfig` freeze flags of a preset for a model with or without the world (see ``freeze_preset``).
+
+    ``adapter``: a LoRA adapter trains as well (``lora:``); a Gemma-only model may then train nothing else, which
+    the default preset ``projector`` (a part it does not have) stands for.
 
     Returns:
         ``{"freeze_gemma_language", "freeze_gemma_vision", "freeze_cosmos_vae"}``: ``False`` for each part the preset
@@ -329,12 +392,15 @@ def preset_freeze_flags(preset: str, enable_world: bool) -> dict[str, bool]:
             f"freeze_preset {preset!r}: with enable_world the world projector always trains; write "
             f"'projector+{preset}' (or set enable_world: false for a Gemma-only baseline)."
         )
+    # CODEPATH: a Gemma-only model with a LoRA adapter: the default preset trains only the adapter.
+    if not enable_world and adapter and parts == {"projector"}:
+        parts = set()
     if not enable_world and parts & {"projector", "vae"}:
         raise ValueError(
             f"freeze_preset {preset!r} trains {sorted(parts & {'projector', 'vae'})}, which a Gemma-only model "
             "(enable_world: false) does not have; use lm, vision or lm+vision."
         )
-    if not enable_world and not parts:
+    if not enable_world and not parts and not adapter:
         raise ValueError("freeze_preset trains nothing for a Gemma-only model; use lm, vision or lm+vision.")
     return {
         "freeze_gemma_language": "lm" not in parts,
@@ -408,6 +474,8 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> TrainCo
 
 
 __all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "LORA_KEYS",
     "MODEL_FIELDS",
     "RESUME_FREE_FIELDS",
     "TrainConfig",

@@ -291,9 +291,11 @@ class Trainer:
             acc.num_processes,
         )
         sampler = range(self.start_step * accum, self.max_steps * accum)
+        # CODEPATH: the loader draws its worker seed from its own generator, never from the global RNG that a resume
+        # restored (a draw there would shift every dropout mask after the checkpoint).
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, sampler=sampler, num_workers=cfg.num_workers,
-            persistent_workers=cfg.num_workers > 0,
+            persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed),
         )
         iterator = iter(loader)
         params = [p for _, p in self.named_trainable]
@@ -378,6 +380,7 @@ class Trainer:
             "cached_world_latents": self.use_cache,
             "latent_cache": {**self.cache.stats, **self.cache_train_info} if self.cache is not None else None,
             "trainable_parameters": parameter_counts(self.model)[0],
+            "lora": cfg.lora_settings(),
             "step_time_s": (sum(steady) / len(steady)) if steady else None,
             "samples_per_s": (self.global_batch * len(steady) / sum(steady)) if steady and sum(steady) > 0 else None,
             "train_seconds": time.perf_counter() - t_start,
