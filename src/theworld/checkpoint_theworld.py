@@ -1992,8 +1992,9 @@ def _carry_foreign_files(old: str, staging: str) -> None:
                 shutil.copytree(entry.path, target, symlinks=True, copy_function=_link_or_copy)
             else:
                 _link_or_copy(entry.path, target)
-        except FileNotFoundError:
-            continue  # removed meanwhile
+        except (FileNotFoundError, shutil.Error):  # removed meanwhile (by a concurrent save): carry nothing of it
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -2069,12 +2070,20 @@ def _remove_stale_staging(parent: str, name: str) -> None:
             continue
         if entry.name.startswith(staging_prefix):
             if fcntl is None:
-                if time.time() - entry.stat(follow_symlinks=False).st_mtime > 600:
+                if _age_seconds(entry) > 600:
                     shutil.rmtree(entry.path, ignore_errors=True)
                 continue
             _remove_unread(entry.path)  # skipped while a living save writes it or a load reads it
-        elif entry.name.startswith(new_prefix) and time.time() - entry.stat(follow_symlinks=False).st_mtime > 3600:
+        elif entry.name.startswith(new_prefix) and _age_seconds(entry) > 3600:
             shutil.rmtree(entry.path, ignore_errors=True)  # died in the instant between creating and locking it
+
+
+def _age_seconds(entry: os.DirEntry) -> float:
+    """Seconds since ``entry`` last changed; 0 when it is gone already (a concurrent save renamed it after the scan)."""
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 _RENAME_EXCHANGE = 2
