@@ -133,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = world.config
     images = _images(args.batch)
     convs = _conversations(images, args.prompt_words)
-    kw = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True)
+    kw = dict(
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )
     fused = {k: v.to(device) for k, v in world.processor.apply_chat_template(convs, **kw).items()}
     plain = {k: v.to(device) for k, v in gemma_processor.apply_chat_template(convs, **kw).items()}
     # Gemma 3 at the same total length: the world block's ids replaced by an ordinary text token

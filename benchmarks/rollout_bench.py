@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             for im in images
         ]
         batch = model.processor.apply_chat_template(
-            convs, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
+            convs,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"padding": True},
         ).to(device)
 
         def encode(model=model, wpv=batch["world_pixel_values"]):

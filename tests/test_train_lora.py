@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from test_checkpoint import logits_and_tokens, model_inputs
+from test_cli import error_line
 
 from theworld import TheWorld
 from theworld.checkpoint_theworld import ADAPTER_FILE, adapter_layers, adapter_tensors, trainable_state_dict
@@ -25,11 +26,6 @@ from theworld.training import DEFAULT_LORA_TARGETS, Trainer, add_lora, load_trai
 REPO = Path(__file__).resolve().parents[1]
 WORLD = ("model.world_projector.", "model.world_boundary_embeddings.")
 STEPS = 6
-
-
-def error_line(stderr: str) -> str:
-    """The ``error: ...`` line of a command's stderr."""
-    return next(line for line in stderr.splitlines() if line.startswith("error: "))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_cli import error_line
 
 from theworld.training import (
     TrainConfig,
@@ -61,11 +62,6 @@ def base_config(tiny_bases, vsr_data, out, **kw) -> TrainConfig:
     )
     fields.update(kw)
     return TrainConfig(**fields)
-
-
-def error_line(stderr: str) -> str:
-    """The ``error: ...`` line of a command's stderr (progress bars end their lines with \\r)."""
-    return next(line for line in stderr.splitlines() if line.startswith("error: "))
 
 
 def trained_weights(path: str) -> dict[str, torch.Tensor]:

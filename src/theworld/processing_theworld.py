@@ -267,9 +267,9 @@ def _array_to_rgb(values, channel_first: bool, max_pixels: int | None) -> Image.
         floating = dtype.is_floating_point
     else:
         integer, floating = dtype.kind in "ui", dtype.kind == "f"
-    if not (integer or floating):
-        raise ValueError(f"Unsupported image dtype {dtype} ({kind} of shape {tuple(values.shape)}). {_ACCEPTED}")
     what = f"{kind} of shape {tuple(values.shape)}"  # as the caller passed it (before any channel move)
+    if not (integer or floating):
+        raise ValueError(f"Unsupported image dtype {dtype} ({what}). {_ACCEPTED}")
     height, width, channel_axis = _layout(tuple(values.shape), channel_first, kind, dtype)
     _check_image_size(width, height, max_pixels)
     if is_tensor:

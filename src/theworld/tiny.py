@@ -39,7 +39,7 @@ import shutil
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -136,16 +136,9 @@ _PRESETS: dict[str, _Preset] = {
 }
 
 # The real structure of Gemma 3 4B at tiny size: 5 sliding-window layers per global layer, a window (32) shorter than
-# the prompts of the tests, spare embedding rows after <image_soft_token>, and the hub's checkpoint key layout.
-_PRESETS["tiny-real"] = _Preset(
-    hidden=64, layers=6, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab_multiple=64, min_vocab=0,
-    vision_hidden=32, vision_layers=2, vision_heads=2, vision_intermediate=64, image_size=64, patch_size=8,
-    mm_tokens_per_image=16,
-    vae_base_dim=16, vae_res_blocks=1,
-    t5_d_model=32, t5_layers=1, t5_heads=4, t5_d_kv=8, t5_d_ff=64,
-    dit_heads=2, dit_head_dim=16, dit_layers=2, dit_adaln_lora_dim=16,
-    sliding_window=32, sliding_pattern=6, hub_key_layout=True,
-)  # fmt: skip
+# the prompts of the tests, spare embedding rows after <image_soft_token>, and the hub's checkpoint key layout. Every
+# other size is the "tiny" preset's.
+_PRESETS["tiny-real"] = replace(_PRESETS["tiny"], layers=6, sliding_window=32, sliding_pattern=6, hub_key_layout=True)
 
 SIZES: tuple[str, ...] = tuple(_PRESETS)
 
