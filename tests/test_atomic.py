@@ -122,3 +122,27 @@ def test_a_save_keeps_foreign_files_and_drops_earlier_leftovers(world_model_fact
     assert leftovers(target) == []
     with pytest.raises(ValueError, match="is a file"):
         model.save_pretrained(target / "trainer_state.json")
+
+
+def test_a_save_removes_abandoned_staging_folders_but_never_a_living_saves(world_model_factory, tmp_path):
+    """What a save killed at any instant leaves next to the target (a staging folder, or a fresh one killed before it
+    was locked) goes at the next save, however new; a staging folder that a living saver holds (locked) stays."""
+    import fcntl
+
+    model = perturb(world_model_factory(seed=2), seed=4)
+    target = tmp_path / "ckpt"
+    abandoned = [tmp_path / ".ckpt.theworld-new-killed", tmp_path / ".ckpt.theworld-staging-killed"]
+    living = tmp_path / ".ckpt.theworld-staging-living"
+    for folder in (*abandoned, living):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    fd = os.open(living, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a living saver holds its staging folder
+        model.save_pretrained(target)
+        assert leftovers(target) == [living.name]
+    finally:
+        os.close(fd)
+    model.save_pretrained(target)  # its saver is gone now
+    assert leftovers(target) == []
+    assert TheWorld.from_pretrained(target).config.checkpoint_kind == "partial"

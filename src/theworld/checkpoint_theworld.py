@@ -2051,31 +2051,40 @@ def _remove_unread(path: str) -> bool:
 
 def _new_staging(parent: str, name: str) -> tuple[str, int | None]:
     """A new staging folder for ``<parent>/<name>``, locked by this process before it gets its staging name (so that
-    a concurrent save never takes it for an abandoned one)."""
+    a concurrent save never takes it for an abandoned one).
+
+    Until it is locked, a concurrent save's clean-up cannot tell the fresh folder from one that a save killed in that
+    instant left behind, and may remove it; then another one is made."""
     prefix = f".{name}{NEW_STAGING_TAG}"
-    fresh = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    lock = _lock(fresh)
-    staging = os.path.join(parent, f".{name}{STAGING_TAG}{os.path.basename(fresh)[len(prefix) :]}")
-    os.rename(fresh, staging)
-    return staging, lock
+    for _ in range(100):
+        fresh = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        try:
+            lock = _lock(fresh)
+        except OSError:
+            continue  # a clean-up holds it and is removing it
+        staging = os.path.join(parent, f".{name}{STAGING_TAG}{os.path.basename(fresh)[len(prefix) :]}")
+        try:
+            os.rename(fresh, staging)
+        except FileNotFoundError:
+            _release(lock)
+            continue  # removed by a clean-up before this process held it
+        return staging, lock
+    raise OSError(f"Could not create a staging folder in {parent}: concurrent saves kept removing it.")
 
 
 def _remove_stale_staging(parent: str, name: str) -> None:
     """Remove what earlier saves of ``<parent>/<name>`` left next to it: staging folders of saves that died (even by
-    ``kill -9``) and replaced folders that were being read when they were replaced; never one that a living save or
-    a load holds (locked). Only folders named for this target."""
+    ``kill -9``, also in the instant between creating a staging folder and locking it) and replaced folders that were
+    being read when they were replaced; never one that a living save or a load holds (locked). Only folders named for
+    this target."""
     staging_prefix, new_prefix = f".{name}{STAGING_TAG}", f".{name}{NEW_STAGING_TAG}"
     for entry in os.scandir(parent):
-        if not entry.is_dir(follow_symlinks=False):
+        if not entry.is_dir(follow_symlinks=False) or not entry.name.startswith((staging_prefix, new_prefix)):
             continue
-        if entry.name.startswith(staging_prefix):
-            if fcntl is None:
-                if _age_seconds(entry) > 600:
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                continue
+        if fcntl is not None:
             _remove_unread(entry.path)  # skipped while a living save writes it or a load reads it
-        elif entry.name.startswith(new_prefix) and _age_seconds(entry) > 3600:
-            shutil.rmtree(entry.path, ignore_errors=True)  # died in the instant between creating and locking it
+        elif _age_seconds(entry) > (600 if entry.name.startswith(staging_prefix) else 3600):
+            shutil.rmtree(entry.path, ignore_errors=True)  # no locks here: old enough to be abandoned
 
 
 def _age_seconds(entry: os.DirEntry) -> float:
